@@ -1,0 +1,290 @@
+"""Frames between the worlds: a versioned fixed header, a length-prefixed body, hard limits, strict decoding.
+
+Header (40 bytes, little-endian, like Parsec's fixed header)::
+
+    off size field
+      0   4  magic        0xA1770EE0
+      4   1  version      1
+      5   1  kind         Kind (responses have bit 7 set)
+      6   2  reserved     must be 0
+      8   4  request_id   chosen by the normal world, echoed by the secure world
+     12   4  session      session id (0 before OPEN_SESSION answers)
+     16   4  command      Cmd for INVOKE, Login for OPEN_SESSION, 0 otherwise
+     20   4  param_types  TEEC_PARAM_TYPES(p0..p3)
+     24   4  result       TeecResult (responses; 0 in requests)
+     28   4  origin       Origin (responses; 0 in requests)
+     32   4  body_len     bytes following the header, <= MAX_BODY
+     36   4  crc32        zlib CRC-32 of the header (with this field zero) and the body
+
+Body: for p0..p3 in order, by type and direction:
+
+- VALUE_INPUT / INOUT in requests, VALUE_OUTPUT / INOUT in responses: ``a:u32 b:u32``
+- MEMREF_TEMP_INPUT / INOUT in requests: ``len:u32`` then ``len`` bytes
+- MEMREF_TEMP_OUTPUT in requests: ``capacity:u32`` (the caller's buffer size; no bytes)
+- MEMREF_TEMP_OUTPUT / INOUT in responses: ``len:u32`` then ``len`` bytes
+- anything else: nothing
+
+The CRC protects serial links against line noise; it is not a security measure.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Union
+
+from .ids import ParamType, split_param_types
+
+MAGIC = 0xA1770EE0
+VERSION = 1
+HEADER = struct.Struct("<IBBHIIIIIIII")
+HEADER_SIZE = HEADER.size  # 40
+MAX_MEMREF = 32 * 1024
+MAX_BODY = 4 * (4 + MAX_MEMREF)
+_MAGIC_BYTES = struct.pack("<I", MAGIC)
+_U32 = struct.Struct("<I")
+_VAL = struct.Struct("<II")
+_VALID_TYPES = {int(t) for t in ParamType}
+
+
+class Kind(IntEnum):
+    OPEN_SESSION = 1
+    INVOKE = 2
+    CLOSE_SESSION = 3
+    RESPONSE = 0x80  # OR-ed with the request's kind
+
+
+class FrameError(ValueError):
+    """A frame that cannot be accepted; ``reason`` says what was wrong and where."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class FrameTruncated(FrameError):
+    """Fewer bytes than the header or its body_len announce."""
+
+
+class FrameTooLarge(FrameError):
+    """body_len or a memref above the hard limits; nothing was allocated for it."""
+
+
+class FrameCorrupt(FrameError):
+    """Bad magic or CRC: line noise or a stream out of step."""
+
+
+class FrameMalformed(FrameError):
+    """Well delimited but not a valid frame (version, kind, reserved bits, parameter layout)."""
+
+
+@dataclass(frozen=True)
+class Value:
+    a: int = 0
+    b: int = 0
+
+
+#: A parameter slot: Value for value types; bytes for memref contents; int for an output
+#: memref's capacity in a request; None for TEEC_NONE (or a slot with no data in this direction).
+Param = Union[Value, bytes, int, None]
+NO_PARAMS: tuple[Param, Param, Param, Param] = (None, None, None, None)
+
+
+@dataclass(frozen=True)
+class Frame:
+    kind: int
+    request_id: int
+    session: int
+    command: int
+    types: int
+    params: tuple[Param, Param, Param, Param] = NO_PARAMS
+    result: int = 0
+    origin: int = 0
+
+    @property
+    def is_response(self) -> bool:
+        return bool(self.kind & Kind.RESPONSE)
+
+
+def _body_items(types: int, response: bool):
+    """Yield (slot, encoding) for slots carrying data in this direction: 'v', 'm' or 'cap'."""
+    for slot, t in enumerate(split_param_types(types)):
+        if t in (ParamType.VALUE_INOUT,) or (t == ParamType.VALUE_INPUT and not response) or (
+                t == ParamType.VALUE_OUTPUT and response):
+            yield slot, "v"
+        elif t == ParamType.MEMREF_TEMP_INOUT or (t == ParamType.MEMREF_TEMP_INPUT and not response) or (
+                t == ParamType.MEMREF_TEMP_OUTPUT and response):
+            yield slot, "m"
+        elif t == ParamType.MEMREF_TEMP_OUTPUT and not response:
+            yield slot, "cap"
+
+
+def check_types(types: int) -> None:
+    if types >> 16:
+        raise FrameMalformed(f"param_types 0x{types:08x}: bits above 16 set")
+    for slot, t in enumerate(split_param_types(types)):
+        if t not in _VALID_TYPES:
+            raise FrameMalformed(f"param_types 0x{types:04x}: p{slot} has unknown type 0x{t:x}")
+
+
+def encode_body(types: int, params: tuple[Param, ...], response: bool) -> bytes:
+    check_types(types)
+    out = bytearray()
+    for slot, enc in _body_items(types, response):
+        p = params[slot]
+        if enc == "v":
+            if not isinstance(p, Value):
+                raise FrameMalformed(f"p{slot}: value parameter expected, got {type(p).__name__}")
+            out += _VAL.pack(p.a & 0xFFFFFFFF, p.b & 0xFFFFFFFF)
+        elif enc == "m":
+            if not isinstance(p, (bytes, bytearray)):
+                raise FrameMalformed(f"p{slot}: memref contents expected, got {type(p).__name__}")
+            if len(p) > MAX_MEMREF:
+                raise FrameTooLarge(f"p{slot}: memref of {len(p)} bytes exceeds {MAX_MEMREF}")
+            out += _U32.pack(len(p)) + p
+        else:
+            if not isinstance(p, int) or isinstance(p, bool) or not 0 <= p <= MAX_MEMREF:
+                raise FrameMalformed(f"p{slot}: output capacity 0..{MAX_MEMREF} expected, got {p!r}")
+            out += _U32.pack(p)
+    return bytes(out)
+
+
+def encode(frame: Frame) -> bytes:
+    """Serialize a frame; raises FrameError if it would break a limit or its own param_types."""
+    body = encode_body(frame.types, frame.params, frame.is_response)
+    header = HEADER.pack(MAGIC, VERSION, frame.kind, 0, frame.request_id, frame.session, frame.command,
+                         frame.types, frame.result, frame.origin, len(body), 0)
+    crc = zlib.crc32(body, zlib.crc32(header))
+    return header[:-4] + _U32.pack(crc) + body
+
+
+def parse_header(header: bytes) -> int:
+    """Check a 40-byte header's magic, version and limits; return body_len (before reading the body)."""
+    if len(header) < HEADER_SIZE:
+        raise FrameTruncated(f"header: {len(header)} of {HEADER_SIZE} bytes")
+    magic, version, kind, reserved, *_rest, body_len, _crc = HEADER.unpack_from(header)
+    if magic != MAGIC:
+        raise FrameCorrupt(f"header: bad magic 0x{magic:08x}")
+    if version != VERSION:
+        raise FrameMalformed(f"header: version {version}, this end speaks {VERSION}")
+    if reserved:
+        raise FrameMalformed(f"header: reserved field 0x{reserved:04x} is not zero")
+    if body_len > MAX_BODY:
+        raise FrameTooLarge(f"header: body_len {body_len} exceeds {MAX_BODY}")
+    return body_len
+
+
+def decode(buf: bytes) -> Frame:
+    """Decode exactly one frame occupying all of ``buf``; raises a FrameError subclass otherwise."""
+    body_len = parse_header(buf)
+    if len(buf) < HEADER_SIZE + body_len:
+        raise FrameTruncated(f"body: {len(buf) - HEADER_SIZE} of {body_len} bytes")
+    if len(buf) > HEADER_SIZE + body_len:
+        raise FrameMalformed(f"{len(buf) - HEADER_SIZE - body_len} bytes after the body")
+    (_m, _v, kind, _r, request_id, session, command, types, result, origin, _l,
+     crc) = HEADER.unpack_from(buf)
+    if zlib.crc32(buf[HEADER_SIZE:], zlib.crc32(buf[:HEADER_SIZE - 4] + b"\0\0\0\0")) != crc:
+        raise FrameCorrupt(f"crc32 mismatch (request_id {request_id})")
+    base = kind & ~Kind.RESPONSE
+    if base not in (Kind.OPEN_SESSION, Kind.INVOKE, Kind.CLOSE_SESSION):
+        raise FrameMalformed(f"kind 0x{kind:02x} unknown")
+    response = bool(kind & Kind.RESPONSE)
+    if not response and (result or origin):
+        raise FrameMalformed("request carries a result or origin")
+    check_types(types)
+    params: list[Param] = [None, None, None, None]
+    body = memoryview(buf)[HEADER_SIZE:]
+    pos = 0
+    for slot, enc in _body_items(types, response):
+        if enc == "v":
+            if pos + 8 > body_len:
+                raise FrameMalformed(f"p{slot}: value runs past the body")
+            params[slot] = Value(*_VAL.unpack_from(body, pos))
+            pos += 8
+            continue
+        if pos + 4 > body_len:
+            raise FrameMalformed(f"p{slot}: length runs past the body")
+        (n,) = _U32.unpack_from(body, pos)
+        pos += 4
+        if n > MAX_MEMREF:
+            raise FrameTooLarge(f"p{slot}: memref length {n} exceeds {MAX_MEMREF}")
+        if enc == "cap":
+            params[slot] = n
+            continue
+        if pos + n > body_len:
+            raise FrameMalformed(f"p{slot}: memref of {n} bytes runs past the body")
+        params[slot] = bytes(body[pos:pos + n])
+        pos += n
+    if pos != body_len:
+        raise FrameMalformed(f"body: {body_len - pos} bytes left after p3")
+    return Frame(kind, request_id, session, command, types, tuple(params), result, origin)  # type: ignore[arg-type]
+
+
+def body_of(frame_bytes: bytes) -> bytes:
+    """The body of an encoded frame: what a chain block's body digest covers."""
+    return frame_bytes[HEADER_SIZE:]
+
+
+def find_magic(buf: bytes, start: int = 1) -> int:
+    """Offset of the next possible header in a byte stream (for resynchronising a serial link), or -1."""
+    return buf.find(_MAGIC_BYTES, start)
+
+
+class StreamSplitter:
+    """Sans-I/O splitter for a byte stream (socket or serial line): feed bytes, get frames or errors.
+
+    ``feed`` returns a list of items, each either the raw bytes of one CRC-checked frame or a
+    FrameError describing bytes that were skipped. After garbage, a bad header or a bad CRC it
+    resynchronises on the next magic, so one corrupt frame never swallows the frame behind it.
+    The buffer never holds more than one maximal frame plus one read.
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Union[bytes, FrameError]]:
+        self._buf += data
+        out: list[Union[bytes, FrameError]] = []
+        buf = self._buf
+        while buf:
+            if not buf.startswith(_MAGIC_BYTES[:min(4, len(buf))]):
+                cut = buf.find(_MAGIC_BYTES, 1)
+                if cut < 0:  # keep a partial magic at the end for the next read
+                    keep = next((n for n in (3, 2, 1) if bytes(buf[-n:]) == _MAGIC_BYTES[:n]), 0)
+                    cut = len(buf) - keep
+                out.append(FrameCorrupt(f"{cut} bytes of garbage skipped"))
+                del buf[:cut]
+                continue
+            if len(buf) < HEADER_SIZE:
+                break
+            try:
+                body_len = parse_header(bytes(buf[:HEADER_SIZE]))
+            except FrameError as e:
+                out.append(e)
+                self._skip_to_next_magic()
+                continue
+            if len(buf) < HEADER_SIZE + body_len:
+                break
+            raw = bytes(buf[:HEADER_SIZE + body_len])
+            (crc,) = _U32.unpack_from(raw, HEADER_SIZE - 4)
+            if zlib.crc32(raw[HEADER_SIZE:], zlib.crc32(raw[:HEADER_SIZE - 4] + b"\0\0\0\0")) != crc:
+                out.append(FrameCorrupt("crc32 mismatch"))
+                self._skip_to_next_magic()
+                continue
+            del buf[:HEADER_SIZE + body_len]
+            out.append(raw)
+        return out
+
+    def _skip_to_next_magic(self) -> None:
+        idx = self._buf.find(_MAGIC_BYTES, 1)
+        del self._buf[:idx if idx >= 0 else len(self._buf)]
+
+    def reset(self) -> None:
+        """Drop a partial frame (a peer that stalled mid-frame)."""
+        self._buf.clear()
