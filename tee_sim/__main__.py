@@ -114,7 +114,7 @@ def serve(args: argparse.Namespace) -> None:
     except StorageError as e:
         error = str(e)
     ta = SignerTA(storage, log, storage_error=error, lockout=LockoutPolicy(base_seconds=args.lockout_base))
-    server = Server(ta, ServerConfig(args.tee, frozenset(allowed)), log)
+    server = Server(ta, ServerConfig(args.tee, frozenset(allowed), args.stall_seconds), log)
     log.info("TC", f"signer TA ready; allowed uids {sorted(allowed)}")
 
     async def main() -> None:
@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--log-level", type=int, default=2, choices=range(5), help="0 none .. 4 flow (default 2)")
     s.add_argument("--board-serial", help="board serial for the hardware-unique key (default: read it)")
     s.add_argument("--lockout-base", type=float, default=1.0, help="first lockout, seconds (default 1)")
+    s.add_argument("--stall-seconds", type=float, default=10.0,
+                   help="drop a partial frame after this long without bytes (default 10)")
     r = sub.add_parser("allow-repair", help="let the next PAIR replace the current pairing")
     r.add_argument("--state", required=True)
     r.add_argument("--minutes", type=float, default=10.0)

@@ -12,6 +12,8 @@ import threading
 import time
 from typing import TextIO
 
+import serial
+
 LETTERS = {1: "E", 2: "I", 3: "D", 4: "F"}
 
 
@@ -28,9 +30,7 @@ class SecureLog:
     def open(cls, target: str, level: int) -> "SecureLog":
         if target in ("", "-"):
             return cls(level, sys.stderr)
-        if "://" in target:
-            import serial  # a secure UART behind a pyserial URL
-
+        if "://" in target:  # a secure UART behind a pyserial URL
             return cls(level, raw=serial.serial_for_url(target))
         return cls(level, open(target, "a", buffering=1, encoding="utf-8"))
 

@@ -19,6 +19,8 @@ import struct
 import threading
 from dataclasses import dataclass, field
 
+import serial  # imported before privileges are dropped, like everything the process will need
+
 from .abi import frame
 from .abi.ids import Origin, TeecResult
 from .log import SecureLog
@@ -124,8 +126,6 @@ class Server:
     # -- serial ----------------------------------------------------------------------------------
 
     def serve_serial(self, url: str, stop: threading.Event) -> None:
-        import serial  # only the serial transport needs pyserial
-
         port = serial.serial_for_url(url, timeout=0.05)
         conn = self._new_conn()
         self.log.info("TC", f"serving serial link {url}")

@@ -73,6 +73,9 @@ def allow_repair(root: Path, minutes: float, now: float | None = None) -> Path:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(f"{(now if now is not None else time.time()) + 60 * minutes:.3f}\n")
     os.chmod(tmp, 0o600)
+    owner = root.stat()
+    if os.geteuid() == 0:  # run by root for a secure world that dropped to its own user
+        os.chown(tmp, owner.st_uid, owner.st_gid)
     os.replace(tmp, path)
     return path
 

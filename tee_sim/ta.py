@@ -332,8 +332,7 @@ class SignerTA:
             self.log.error("TA", f"sync refused at height {claimed} (failures {self.lockout.failures}, "
                                  f"lockout {left:.1f} s)")
             raise TaError(TeecResult.MAC_INVALID, detail="sync tag")
-        self.lockout.succeed()
-        s.synced = True
+        s.synced = True  # failures are reset only by a correct proof, never by a sync
         head = self.chain.committed
         extra = b""
         if claimed + 1 == top:  # the normal world lost the last response block: re-deliver its fields

@@ -1,0 +1,103 @@
+"""Fixtures: scratch directories the secure world's user can reach, and real secure-world processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from support.tee_process import TeeProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def workdir():
+    """A scratch directory (mode 0755: the secure world runs as another user when tests run as root)."""
+    d = Path(tempfile.mkdtemp(prefix="aitn-test-"))
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def tee(workdir):
+    """A running secure world; the test fails if it died on its own."""
+    root = workdir / "tee"
+    root.mkdir()
+    t = TeeProcess(root).start()
+    yield t
+    crashed = t.proc is not None and t.proc.poll() is not None and t.proc.returncode not in (0, -9, -15)
+    t.stop()
+    if crashed:
+        pytest.fail(f"secure world exited with {t.proc.returncode}: {t.stderr.read_text()}")
+
+
+@pytest.fixture
+def home(workdir):
+    h = workdir / "home"
+    h.mkdir()
+    return h
+
+
+@pytest.fixture
+def paired(tee, home):
+    from agent.tee.pairing import pair
+
+    return pair(tee.url, home)
+
+
+def aitn(*args: str, home: Path | None = None, tee: TeeProcess | None = None, url: str | None = None,
+         check: bool = True) -> subprocess.CompletedProcess:
+    """Run the `aitn` CLI as its own process."""
+    argv = [sys.executable, "-m", "agent"]
+    if home is not None:
+        argv += ["--home", str(home)]
+    if tee is not None or url is not None:
+        argv += ["--tee", url or tee.url]
+    res = subprocess.run(argv + list(args), capture_output=True, text=True, timeout=60, cwd=ROOT)
+    if check and res.returncode != 0:
+        raise AssertionError(f"aitn {' '.join(args)} exited {res.returncode}: {res.stderr}")
+    return res
+
+
+@pytest.fixture
+def cli():
+    return aitn
+
+
+@pytest.fixture
+def make_tee(workdir):
+    """Start secure worlds with custom options; all are stopped at teardown."""
+    started: list[TeeProcess] = []
+
+    def make(name: str = "tee", **options) -> TeeProcess:
+        root = workdir / name
+        root.mkdir(exist_ok=True)
+        t = TeeProcess(root, **options).start()
+        started.append(t)
+        return t
+
+    yield make
+    for t in started:
+        t.stop()
+
+
+def tee_status(url: str) -> dict:
+    """The secure world's STATUS, read on an unsynced session (outside the chain)."""
+    import json
+
+    from agent.tee.client import TeeClient
+    from tee_sim.abi.ids import Cmd
+
+    client = TeeClient.connect(url)
+    try:
+        sid = client.open_session().id
+        return json.loads(client.invoke(sid, Cmd.STATUS, (None, 4096, None, None)).params[1])
+    finally:
+        client.close()

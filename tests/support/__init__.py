@@ -1,0 +1,1 @@
+"""Test support: real secure-world processes, a frame-aware relay, a normal-world worker."""
