@@ -1,0 +1,128 @@
+"""`make run`: the split agent on this machine, no hardware needed.
+
+Starts the secure world as its own process (dropping to its own user when run as root), pairs the
+normal world with it, runs a traced challenge handshake, signs an EIP-191 message and verifies the
+signature with an independent Ethereum library, then checks the normal world's chain. State is
+kept under ./run, so a second `make run` reuses the same device key and pairing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / "run"
+TEE_USER = "aitn-tee"
+
+
+def step(title: str) -> None:
+    print(f"\n\033[1m== {title}\033[0m", flush=True)
+
+
+def aitn(*args: str, home: Path, url: str, show: bool = True) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "agent", "--home", str(home), "--tee", url, *args]
+    print("$ aitn " + shlex.join(args), flush=True)
+    res = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
+    if show and res.stdout:
+        print(res.stdout.rstrip())
+    if res.returncode != 0:
+        print(res.stderr.rstrip(), file=sys.stderr)
+        raise SystemExit(f"aitn {' '.join(args)} failed with exit code {res.returncode}")
+    return res
+
+
+def ensure_tee_user() -> str | None:
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(TEE_USER)
+    except KeyError:
+        print(f"creating system user {TEE_USER} (the secure world's own user, as the Debian package does)")
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", TEE_USER],
+                       check=True)
+    return TEE_USER
+
+
+def main() -> None:
+    RUN.mkdir(exist_ok=True)
+    os.chmod(RUN, 0o755)
+    home, state, sock, log = RUN / "home", RUN / "tee-state", RUN / "tee.sock", RUN / "secure-uart.log"
+    url = f"unix://{sock}"
+    user = ensure_tee_user()
+
+    step("1. secure world: its own process" + (f", dropping to user {user}" if user else ""))
+    argv = [sys.executable, "-m", "agent", "--tee", url, "tee", "serve", "--state", str(state), "--log", str(log),
+            "--log-level", "3"]
+    if user:
+        argv += ["--user", user]
+    print("$ aitn --tee " + url + " tee serve --state run/tee-state --log run/secure-uart.log --log-level 3"
+          + (f" --user {user}" if user else ""))
+    tee = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while not sock.exists():
+            if tee.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"secure world did not start: {tee.stderr.read() if tee.stderr else ''}")
+            time.sleep(0.05)
+        print(f"secure world pid {tee.pid}; state in run/tee-state (mode "
+              f"{oct(state.stat().st_mode & 0o777) if state.exists() else '0700'}), log on run/secure-uart.log")
+
+        step("2. normal world: status of both worlds")
+        status = json.loads(aitn("tee", "status", "--json", home=home, url=url, show=False).stdout)
+        aitn("tee", "status", home=home, url=url)
+
+        if not (home / "chain.log").exists() or not status["paired"]:
+            step("3. pair the worlds (creates the device key on first use)")
+            aitn("tee", "pair", home=home, url=url)
+        else:
+            step("3. already paired (state kept in ./run; `make clean` starts over)")
+
+        step("4. device identity")
+        ident = json.loads(aitn("identity", "show", "--json", home=home, url=url).stdout)
+
+        step("5. one challenge handshake, traced frame by frame")
+        aitn("tee", "handshake", "--trace", home=home, url=url)
+
+        step("6. sign an EIP-191 message through the handshake, verify with eth-account")
+        message = f"aitn demo {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+        signed = json.loads(aitn("sign", "--message", message, "--json", home=home, url=url).stdout)
+        try:
+            from eth_account import Account
+            from eth_account.messages import encode_defunct
+
+            recovered = Account.recover_message(encode_defunct(text=message), signature=signed["signature"])
+            verdict = "OK" if recovered == ident["address"] else "MISMATCH"
+            print(f"eth-account recovers {recovered}: {verdict}")
+            if verdict != "OK":
+                raise SystemExit("signature does not verify")
+        except ImportError:
+            print("eth-account not installed; verify with any Ethereum tool: personal_ecRecover(message, signature)")
+
+        step("7. the normal world's copy of the private chain")
+        aitn("chain", "verify", home=home, url=url)
+        aitn("chain", "show", "--tail", "4", home=home, url=url)
+    finally:
+        tee.terminate()
+        try:
+            tee.wait(10)
+        except subprocess.TimeoutExpired:
+            tee.kill()
+    step("secure UART (last lines of run/secure-uart.log)")
+    lines = log.read_text().splitlines() if log.exists() else []
+    print("\n".join(lines[-8:]))
+    print(f"\ndone: device {ident['address']} signed through the challenge handshake; "
+          f"run `make test` for the full suite")
+    if shutil.which("cast"):
+        print(f"(foundry: cast wallet verify --address {ident['address']} '{message}' {signed['signature']})")
+
+
+if __name__ == "__main__":
+    main()
