@@ -11,13 +11,14 @@ log) and then drops to its own user before it opens any secret.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import pwd
 import signal
 import socket
 import sys
 from pathlib import Path
+
+import serial
 
 from .lockout import LockoutPolicy
 from .log import SecureLog
@@ -117,23 +118,17 @@ def serve(args: argparse.Namespace) -> None:
     server = Server(ta, ServerConfig(args.tee, frozenset(allowed), args.stall_seconds), log)
     log.info("TC", f"signer TA ready; allowed uids {sorted(allowed)}")
 
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        task = asyncio.create_task(server.run(sock))
-        stopper = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            exc = task.exception()
-            if exc is not None:
-                log.error("TC", f"transport {args.tee} failed: {exc}")
-                _fail(f"transport {args.tee}: {exc}")
-        task.cancel()
-        log.info("TC", "stopping")
+    def stop(signum, _frame) -> None:
+        log.info("TC", f"stopping on signal {signum}")
+        server.stop.set()
 
-    asyncio.run(main())
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        server.run(sock)
+    except (OSError, serial.SerialException, ValueError) as e:
+        log.error("TC", f"transport {args.tee} failed: {e}")
+        _fail(f"transport {args.tee}: {e}")
 
 
 def main(argv: list[str] | None = None) -> None:

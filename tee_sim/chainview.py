@@ -36,6 +36,7 @@ class ChainView:
             if head is not None and s.commit_end <= head.height:
                 break
             if all(by_height.get(h) is not None and by_height[h].commit_end == s.commit_end
+                   and by_height[h].commit_tag == s.commit_tag and by_height[h].commit_start == s.commit_start
                    for h in range(s.commit_start, s.commit_end + 1)):
                 head = by_height[s.commit_end]
                 break
@@ -108,7 +109,8 @@ class ChainView:
         if not self.tail:
             return
         start, end = self.tail[0].height, self.tail[-1].height
-        slots = [Slot(b.height, start, end, b.hash, b.direction, b.command, b.body_digest) for b in self.tail]
+        tag = self.tail[-1].hash[:8]
+        slots = [Slot(b.height, start, end, b.hash, b.direction, b.command, b.body_digest, tag) for b in self.tail]
         self._rpmb.write_slots(slots, self.pairing_id)
         for s in slots:
             self._known[s.height] = s.hash

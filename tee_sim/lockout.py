@@ -41,8 +41,8 @@ class Lockout:
         failures = self._rpmb.header.failures + 1
         until = 0.0
         if failures >= FREE_FAILURES:
-            until = self._now() + min(self._policy.base_seconds * 2 ** (failures - FREE_FAILURES),
-                                      self._policy.max_seconds)
+            doublings = min(failures - FREE_FAILURES, 64)  # past the cap anyway; keeps the float finite
+            until = self._now() + min(self._policy.base_seconds * 2.0 ** doublings, self._policy.max_seconds)
         self._rpmb.write_header(replace(self._rpmb.header, failures=failures, lockout_until=until))
         return self.remaining()
 

@@ -14,8 +14,10 @@ Layout::
 
 A ring slot holds what the secure world needs to check challenges and to re-deliver the last
 committed block: height, hash, direction, command, body digest, and the commit it belongs to
-(first and last height). A commit counts only if every slot of it is valid, so a torn commit
-falls back to the previous one.
+(first and last height, and a tag naming it). A commit counts only if every ring slot of it is
+valid and carries the same tag, so a torn commit falls back to the previous one. Checkpoint copies
+are written after the ring slots; one lost to a torn write only means that height is never
+challenged once the ring has moved past it.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ FILE_SIZE = CHECKPOINT_OFFSET + CHECKPOINT_SLOTS * SLOT_SIZE
 
 _HDR = struct.Struct(">8sQQIdB16sI")  # magic, seq, state_counter, failures, lockout_until, paired, pairing_id, timelock
 _HDR_MAGIC = b"AITNRPMB"
-_SLOT = struct.Struct(">QQQ32sBI32s")  # height, commit_start, commit_end, hash, direction, command, body_digest
+# height, commit_end, commit length, commit tag, hash, direction, command, body_digest
+_SLOT = struct.Struct(">QQH8s32sBI32s")
 _MAC = 32
 
 
@@ -66,6 +69,9 @@ class Slot:
     direction: int
     command: int
     body_digest: bytes
+    #: Identifies the commit this slot belongs to (a prefix of the commit's last block hash), so
+    #: leftovers of two different torn commits over the same heights never pass for one commit.
+    commit_tag: bytes = bytes(8)
 
 
 class Rpmb:
@@ -137,17 +143,21 @@ class Rpmb:
     # -- chain slots ---------------------------------------------------------------------------
 
     def _slot_bytes(self, s: Slot, pairing_id: bytes) -> bytes:
-        body = _SLOT.pack(s.height, s.commit_start, s.commit_end, s.hash, s.direction, s.command, s.body_digest)
+        body = _SLOT.pack(s.height, s.commit_end, s.commit_end - s.commit_start + 1, s.commit_tag, s.hash,
+                          s.direction, s.command, s.body_digest)
         return (body + self._mac(pairing_id + body)).ljust(SLOT_SIZE, b"\0")
 
     def _parse_slot(self, raw: bytes, pairing_id: bytes) -> Slot | None:
         body, mac = raw[:_SLOT.size], raw[_SLOT.size:_SLOT.size + _MAC]
         if not hmac.compare_digest(self._mac(pairing_id + body), mac):
             return None
-        return Slot(*_SLOT.unpack(body))
+        height, end, length, tag, h, direction, command, digest = _SLOT.unpack(body)
+        return Slot(height, end - length + 1, end, h, direction, command, digest, tag)
 
     def write_slots(self, slots: list[Slot], pairing_id: bytes) -> None:
         """Write one commit's slots (ring, plus checkpoints) and fdatasync once."""
+        if not slots:
+            return
         writes: list[tuple[int, bytes]] = []
         for s in slots:
             data = self._slot_bytes(s, pairing_id)

@@ -1,19 +1,19 @@
 """The secure world's process: transports chosen by URL, peer authentication, the TA behind them.
 
-- ``unix:///path.sock``: asyncio Unix stream server; each connection's peer credentials
-  (SO_PEERCRED) are checked against the allowed uids before any request reaches the TA.
+- ``unix:///path.sock``: a Unix stream socket; each connection's peer credentials (SO_PEERCRED)
+  are checked against the allowed uids before any request reaches the TA.
 - any other URL is opened with pyserial (``/dev/ttyAMA1``, ``socket://HOST:PORT``, ``loop://``):
-  one link, served by a thread, for a secure world on another core, VM or MCU. A serial line has
-  no peer credentials: whoever holds the other end of the wire is the normal world.
+  one link, for a secure world on another core, VM or MCU. A serial line has no peer
+  credentials: whoever holds the other end of the wire is the normal world.
 
-Per connection: bytes -> StreamSplitter -> TA.handle -> response bytes. Bad bytes get an error
-frame, a stalled partial frame is dropped after ``stall_seconds``, and nothing a peer sends stops
-the server from serving the others.
+One thread per connection with blocking I/O, and one lock in front of the TA (a TA instance is
+single-threaded). Per connection: bytes -> StreamSplitter -> TA.handle -> response bytes. Bad
+bytes get an error frame, a stalled partial frame is dropped after ``stall_seconds``, and nothing
+a peer sends stops the server from serving the others.
 """
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import struct
 import threading
@@ -28,6 +28,7 @@ from .ta import SignerTA
 
 READ_SIZE = 65536
 MAX_CONNECTIONS = 32
+SERIAL_POLL = 0.05
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class Server:
         self._lock = threading.Lock()  # the TA is single-threaded, like a TA instance
         self._next_conn = 1
         self._active = 0
-        self.ready = asyncio.Event()
+        self.stop = threading.Event()
 
     def _handle(self, conn: int, raw_or_error, allowed: bool) -> bytes:
         with self._lock:
@@ -63,79 +64,82 @@ class Server:
                 return self.ta.denied(raw_or_error)
             return self.ta.handle(conn, raw_or_error)
 
-    def _new_conn(self) -> int:
-        conn = self._next_conn
-        self._next_conn += 1
-        return conn
+    def _closed(self, conn: int) -> None:
+        with self._lock:
+            self._active -= 1
+            self.ta.connection_closed(conn)
 
     # -- unix ------------------------------------------------------------------------------------
 
-    async def _serve_unix_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = self._new_conn()
-        sock = writer.get_extra_info("socket")
-        uid = peer_uid(sock)
-        allowed = uid in self.config.allowed_uids
-        if self._active >= MAX_CONNECTIONS:
-            self.log.error("TC", f"conn {conn}: refused, {MAX_CONNECTIONS} connections open")
-            writer.close()
-            return
-        self._active += 1
-        if not allowed:
-            self.log.error("TC", f"conn {conn}: uid {uid} is not allowed")
-        else:
-            self.log.flow("TC", f"conn {conn}: uid {uid}")
-        splitter = frame.StreamSplitter()
+    def _serve_unix_conn(self, sock: socket.socket, conn: int) -> None:
         try:
-            while True:
+            uid = peer_uid(sock)
+            allowed = uid in self.config.allowed_uids
+            if not allowed:
+                self.log.error("TC", f"conn {conn}: uid {uid} is not allowed")
+            else:
+                self.log.flow("TC", f"conn {conn}: uid {uid}")
+            splitter = frame.StreamSplitter()
+            while not self.stop.is_set():
+                sock.settimeout(self.config.stall_seconds if splitter.pending else None)
                 try:
-                    timeout = self.config.stall_seconds if splitter.pending else None
-                    data = await asyncio.wait_for(reader.read(READ_SIZE), timeout)
-                except asyncio.TimeoutError:
+                    data = sock.recv(READ_SIZE)
+                except socket.timeout:
                     self.log.debug("TC", f"conn {conn}: partial frame of {splitter.pending} bytes stalled")
                     splitter.reset()
-                    writer.write(self._handle(conn, frame.FrameTruncated("stalled mid-frame"), allowed))
+                    sock.sendall(self._handle(conn, frame.FrameTruncated("stalled mid-frame"), allowed))
                     continue
                 if not data:
                     break
                 out = b"".join(self._handle(conn, item, allowed) for item in splitter.feed(data))
                 if out:
-                    writer.write(out)
-                    await writer.drain()
+                    sock.sendall(out)
                 if not allowed:
                     break  # one refusal, then the connection goes
-        except (ConnectionError, OSError) as e:
+        except OSError as e:
             self.log.debug("TC", f"conn {conn}: {e}")
         finally:
-            self._active -= 1
-            with self._lock:
-                self.ta.connection_closed(conn)
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except (ConnectionError, OSError):
-                pass
+            self._closed(conn)
+            sock.close()
 
-    async def serve_unix(self, sock: socket.socket) -> None:
-        """Serve a bound, listening Unix socket (bound before privileges were dropped)."""
-        server = await asyncio.start_unix_server(self._serve_unix_conn, sock=sock)
+    def serve_unix(self, listener: socket.socket) -> None:
+        """Accept on a bound, listening Unix socket (bound before privileges were dropped)."""
         self.log.info("TC", f"listening on {self.config.url}")
-        self.ready.set()
-        async with server:
-            await server.serve_forever()
+        listener.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                sock, _ = listener.accept()
+            except socket.timeout:
+                continue
+            with self._lock:
+                conn, self._next_conn = self._next_conn, self._next_conn + 1
+                full = self._active >= MAX_CONNECTIONS
+                if not full:
+                    self._active += 1
+            if full:
+                self.log.error("TC", f"conn {conn}: refused, {MAX_CONNECTIONS} connections open")
+                sock.close()
+                continue
+            threading.Thread(target=self._serve_unix_conn, args=(sock, conn), daemon=True,
+                             name=f"conn-{conn}").start()
 
     # -- serial ----------------------------------------------------------------------------------
 
-    def serve_serial(self, url: str, stop: threading.Event) -> None:
-        port = serial.serial_for_url(url, timeout=0.05)
-        conn = self._new_conn()
+    def serve_serial(self, url: str) -> None:
+        port = serial.serial_for_url(url, timeout=SERIAL_POLL)
+        with self._lock:
+            conn, self._next_conn = self._next_conn, self._next_conn + 1
+            self._active += 1
         self.log.info("TC", f"serving serial link {url}")
         splitter = frame.StreamSplitter()
         idle = 0.0
         try:
-            while not stop.is_set():
-                data = port.read(READ_SIZE)
+            while not self.stop.is_set():
+                data = port.read(1)  # waits up to SERIAL_POLL, then take whatever else has arrived
+                if data and port.in_waiting:
+                    data += port.read(port.in_waiting)
                 if not data:
-                    idle += 0.05
+                    idle += SERIAL_POLL
                     if splitter.pending and idle >= self.config.stall_seconds:
                         splitter.reset()
                         port.write(self._handle(conn, frame.FrameTruncated("stalled mid-frame"), True))
@@ -145,17 +149,12 @@ class Server:
                 if out:
                     port.write(out)
         finally:
-            with self._lock:
-                self.ta.connection_closed(conn)
+            self._closed(conn)
             port.close()
 
-    async def run(self, unix_sock: socket.socket | None = None) -> None:
-        if unix_sock is not None:
-            await self.serve_unix(unix_sock)
-            return
-        stop = threading.Event()
-        self.ready.set()
-        try:
-            await asyncio.to_thread(self.serve_serial, self.config.url, stop)
-        finally:
-            stop.set()
+    def run(self, unix_listener: socket.socket | None = None) -> None:
+        """Serve until ``stop`` is set; raises if the transport cannot be opened."""
+        if unix_listener is not None:
+            self.serve_unix(unix_listener)
+        else:
+            self.serve_serial(self.config.url)

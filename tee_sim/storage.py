@@ -62,8 +62,16 @@ def _open(root: Path, board_serial: str) -> Storage:
         storage.save(storage.state)
         return storage
     if not rpmb_path.exists():
-        raise RpmbError(f"{rpmb_path} is missing while {sealed_path.name} exists: refusing to start over")
+        if sealed_path.exists():
+            raise RpmbError(f"{rpmb_path} is missing while {sealed_path.name} exists: refusing to start over")
+        raise RpmbError(f"{otp.name} exists but {rpmb_path.name} and {sealed_path.name} do not: an interrupted "
+                        f"first start or a wiped state; delete {otp} to provision a NEW device key")
     rpmb.open()
+    if not sealed_path.exists() and rpmb.header.state_counter == 0:
+        # The first start stopped between creating RPMB and the first sealed write: no key ever existed.
+        storage = Storage(root, rpmb, sealed, derive(huk, b"blob"), State(created=time.time()))
+        storage.save(storage.state)
+        return storage
     return Storage(root, rpmb, sealed, derive(huk, b"blob"), sealed.read())
 
 

@@ -106,6 +106,8 @@ class ChainLog:
             raise ChainBusy(f"{path}: in use by another normal-world process") from None
         try:
             raw = os.pread(fd, HEADER_SIZE, 0)
+            if len(raw) < HEADER_SIZE:
+                raise ChainCorrupt(f"{path}: {len(raw)} bytes, shorter than the chain header")
             magic, pairing_id, timelock = _HDR.unpack_from(raw)
             (crc,) = struct.unpack_from(">I", raw, _HDR.size)
             if magic != _MAGIC or zlib.crc32(raw[:_HDR.size]) != crc:
@@ -204,6 +206,8 @@ class ChainLog:
 
     def append(self, entries: list[tuple[int, int, bytes]]) -> list[blk.Block]:
         """Append blocks for (direction, command, body_digest) entries in one write (not yet durable)."""
+        if not entries:
+            return []
         blocks = []
         prev_hash, height = self.head.hash, self.head.height
         for direction, command, digest in entries:

@@ -134,7 +134,10 @@ class SerialTransport(_StreamTransport):
         self._port.flush()
 
     def _read(self) -> bytes:
-        return self._port.read(65536)
+        data = self._port.read(1)  # waits up to the poll interval, then take whatever else arrived
+        if data and self._port.in_waiting:
+            data += self._port.read(self._port.in_waiting)
+        return data
 
     def close(self) -> None:
         self._port.close()

@@ -29,6 +29,7 @@ The CRC protects serial links against line noise; it is not a security measure.
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 from dataclasses import dataclass
@@ -108,17 +109,21 @@ class Frame:
         return bool(self.kind & Kind.RESPONSE)
 
 
-def _body_items(types: int, response: bool):
-    """Yield (slot, encoding) for slots carrying data in this direction: 'v', 'm' or 'cap'."""
+@functools.lru_cache(maxsize=256)
+def _layout(types: int, response: bool) -> tuple[tuple[int, str], ...]:
+    """(slot, encoding) for slots carrying data in this direction: 'v', 'm' or 'cap'. Checks the types."""
+    check_types(types)
+    out = []
     for slot, t in enumerate(split_param_types(types)):
-        if t in (ParamType.VALUE_INOUT,) or (t == ParamType.VALUE_INPUT and not response) or (
+        if t == ParamType.VALUE_INOUT or (t == ParamType.VALUE_INPUT and not response) or (
                 t == ParamType.VALUE_OUTPUT and response):
-            yield slot, "v"
+            out.append((slot, "v"))
         elif t == ParamType.MEMREF_TEMP_INOUT or (t == ParamType.MEMREF_TEMP_INPUT and not response) or (
                 t == ParamType.MEMREF_TEMP_OUTPUT and response):
-            yield slot, "m"
+            out.append((slot, "m"))
         elif t == ParamType.MEMREF_TEMP_OUTPUT and not response:
-            yield slot, "cap"
+            out.append((slot, "cap"))
+    return tuple(out)
 
 
 def check_types(types: int) -> None:
@@ -130,9 +135,8 @@ def check_types(types: int) -> None:
 
 
 def encode_body(types: int, params: tuple[Param, ...], response: bool) -> bytes:
-    check_types(types)
     out = bytearray()
-    for slot, enc in _body_items(types, response):
+    for slot, enc in _layout(types, response):
         p = params[slot]
         if enc == "v":
             if not isinstance(p, Value):
@@ -193,11 +197,11 @@ def decode(buf: bytes) -> Frame:
     response = bool(kind & Kind.RESPONSE)
     if not response and (result or origin):
         raise FrameMalformed("request carries a result or origin")
-    check_types(types)
+    layout = _layout(types, response)
     params: list[Param] = [None, None, None, None]
     body = memoryview(buf)[HEADER_SIZE:]
     pos = 0
-    for slot, enc in _body_items(types, response):
+    for slot, enc in layout:
         if enc == "v":
             if pos + 8 > body_len:
                 raise FrameMalformed(f"p{slot}: value runs past the body")
@@ -232,6 +236,15 @@ def find_magic(buf: bytes, start: int = 1) -> int:
     return buf.find(_MAGIC_BYTES, start)
 
 
+def _next_start(buf: bytearray) -> int:
+    """Offset (>= 1) where the next frame may start: the next magic, or a partial magic at the end."""
+    idx = buf.find(_MAGIC_BYTES, 1)
+    if idx >= 0:
+        return idx
+    keep = next((n for n in (3, 2, 1) if len(buf) > n and bytes(buf[-n:]) == _MAGIC_BYTES[:n]), 0)
+    return len(buf) - keep
+
+
 class StreamSplitter:
     """Sans-I/O splitter for a byte stream (socket or serial line): feed bytes, get frames or errors.
 
@@ -254,10 +267,7 @@ class StreamSplitter:
         buf = self._buf
         while buf:
             if not buf.startswith(_MAGIC_BYTES[:min(4, len(buf))]):
-                cut = buf.find(_MAGIC_BYTES, 1)
-                if cut < 0:  # keep a partial magic at the end for the next read
-                    keep = next((n for n in (3, 2, 1) if bytes(buf[-n:]) == _MAGIC_BYTES[:n]), 0)
-                    cut = len(buf) - keep
+                cut = _next_start(buf)
                 out.append(FrameCorrupt(f"{cut} bytes of garbage skipped"))
                 del buf[:cut]
                 continue
@@ -282,8 +292,7 @@ class StreamSplitter:
         return out
 
     def _skip_to_next_magic(self) -> None:
-        idx = self._buf.find(_MAGIC_BYTES, 1)
-        del self._buf[:idx if idx >= 0 else len(self._buf)]
+        del self._buf[:_next_start(self._buf)]
 
     def reset(self) -> None:
         """Drop a partial frame (a peer that stalled mid-frame)."""

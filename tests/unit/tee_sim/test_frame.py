@@ -1,0 +1,541 @@
+"""tee_sim.abi.frame: the wire format between the worlds, its strict decoder and the stream splitter."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+
+from tee_sim.abi import frame
+from tee_sim.abi.frame import (HEADER_SIZE, MAGIC, MAX_BODY, MAX_MEMREF, Frame, FrameCorrupt, FrameError,
+                               FrameMalformed, FrameTooLarge, FrameTruncated, Kind, StreamSplitter, Value)
+from tee_sim.abi.ids import CMD_PARAMS, TA_UUID, Cmd, Login, Origin, ParamType, TeecResult, param_types
+
+VECTORS = Path(__file__).resolve().parents[2] / "vectors" / "frames.json"
+
+# Header field offsets, written out here rather than taken from the module, so a layout change fails.
+OFF_MAGIC, OFF_VERSION, OFF_KIND, OFF_RESERVED = 0, 4, 5, 6
+OFF_REQUEST_ID, OFF_SESSION, OFF_COMMAND, OFF_TYPES = 8, 12, 16, 20
+OFF_RESULT, OFF_ORIGIN, OFF_BODY_LEN, OFF_CRC = 24, 28, 32, 36
+
+_V, _VO, _VIO = ParamType.VALUE_INPUT, ParamType.VALUE_OUTPUT, ParamType.VALUE_INOUT
+_MI, _MO, _MIO = ParamType.MEMREF_TEMP_INPUT, ParamType.MEMREF_TEMP_OUTPUT, ParamType.MEMREF_TEMP_INOUT
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+def crc_of(raw: bytes) -> int:
+    """CRC-32 as the header comment defines it: header with the crc field zeroed, then the body."""
+    return zlib.crc32(raw[:OFF_CRC] + b"\0\0\0\0" + raw[HEADER_SIZE:])
+
+
+def recrc(raw: bytes) -> bytes:
+    """Re-seal a tampered frame, so decoding gets past the CRC to the check under test."""
+    return raw[:OFF_CRC] + struct.pack("<I", crc_of(raw)) + raw[HEADER_SIZE:]
+
+
+def put(raw: bytes, offset: int, fmt: str, value: int, *, seal: bool = True) -> bytes:
+    """Overwrite one little-endian header field; re-CRC unless ``seal`` is False."""
+    buf = bytearray(raw)
+    struct.pack_into("<" + fmt, buf, offset, value)
+    return recrc(bytes(buf)) if seal else bytes(buf)
+
+
+def flip(raw: bytes, offset: int) -> bytes:
+    buf = bytearray(raw)
+    buf[offset] ^= 0x01
+    return bytes(buf)
+
+
+def build(kind: int, types: int, body: bytes, *, command: int = 0, result: int = 0, origin: int = 0,
+          request_id: int = 7, session: int = 3) -> bytes:
+    """A frame assembled by hand (not by frame.encode), with a correct CRC."""
+    header = struct.pack("<IBBHIIIIIIII", MAGIC, 1, kind, 0, request_id, session, command, types, result,
+                         origin, len(body), 0)
+    return recrc(header + body)
+
+
+def request_params(types: int) -> tuple:
+    """Request-side data for each slot: inputs carry data, output memrefs carry a capacity."""
+    out = []
+    for slot, t in enumerate(frame.split_param_types(types)):
+        if t in (_V, _VIO):
+            out.append(Value(0x1000 + slot, 0xFFFFFFFF - slot))
+        elif t in (_MI, _MIO):
+            out.append(bytes([slot]) * (slot + 5))
+        elif t == _MO:
+            out.append(65 + slot)
+        else:
+            out.append(None)
+    return tuple(out)
+
+
+def response_params(types: int) -> tuple:
+    """Response-side data for each slot: only outputs (and in/outs) travel back."""
+    out = []
+    for slot, t in enumerate(frame.split_param_types(types)):
+        if t in (_VO, _VIO):
+            out.append(Value(0x2000 + slot, slot))
+        elif t in (_MO, _MIO):
+            out.append(bytes([0xA0 + slot]) * (3 * slot + 1))
+        else:
+            out.append(None)
+    return tuple(out)
+
+
+def invoke(cmd: Cmd = Cmd.SEAL, **kw) -> Frame:
+    types = CMD_PARAMS[cmd]
+    return Frame(Kind.INVOKE, kw.pop("request_id", 41), kw.pop("session", 5), int(cmd), types,
+                 request_params(types), **kw)
+
+
+def reply(cmd: Cmd = Cmd.SEAL, **kw) -> Frame:
+    types = CMD_PARAMS[cmd]
+    return Frame(Kind.INVOKE | Kind.RESPONSE, 41, 5, int(cmd), types, response_params(types), **kw)
+
+
+def expected_body_len(types: int, params: tuple, response: bool) -> int:
+    """Body size from the module docstring's table, computed independently of _body_items."""
+    n = 0
+    for t, p in zip(frame.split_param_types(types), params):
+        if t == _VIO or (t == _V and not response) or (t == _VO and response):
+            n += 8
+        elif t == _MIO or (t == _MI and not response) or (t == _MO and response):
+            n += 4 + len(p)
+        elif t == _MO and not response:
+            n += 4
+    return n
+
+
+# -- round trips -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cmd", list(CMD_PARAMS), ids=lambda c: c.name)
+def test_request_round_trip_for_every_command(cmd):
+    f = invoke(cmd)
+    raw = frame.encode(f)
+    assert len(raw) == HEADER_SIZE + expected_body_len(f.types, f.params, response=False)
+    assert frame.decode(raw) == f
+
+
+@pytest.mark.parametrize("cmd", list(CMD_PARAMS), ids=lambda c: c.name)
+def test_response_round_trip_for_every_command(cmd):
+    f = reply(cmd)
+    raw = frame.encode(f)
+    assert len(raw) == HEADER_SIZE + expected_body_len(f.types, f.params, response=True)
+    back = frame.decode(raw)
+    assert back == f and back.is_response
+
+
+def test_output_memref_in_a_request_is_a_capacity_not_bytes():
+    f = Frame(Kind.INVOKE, 1, 1, Cmd.GET_PUBKEY, CMD_PARAMS[Cmd.GET_PUBKEY], (65, 20, None, None))
+    raw = frame.encode(f)
+    assert frame.body_of(raw) == struct.pack("<II", 65, 20)
+    assert frame.decode(raw).params == (65, 20, None, None)
+
+
+def test_inout_params_travel_both_ways():
+    types = param_types(_VIO, _MIO)
+    for kind in (Kind.INVOKE, Kind.INVOKE | Kind.RESPONSE):
+        f = Frame(kind, 9, 9, 0, types, (Value(1, 2), b"both", None, None))
+        raw = frame.encode(f)
+        assert frame.body_of(raw) == struct.pack("<II", 1, 2) + struct.pack("<I", 4) + b"both"
+        assert frame.decode(raw) == f
+
+
+def test_open_and_close_session_round_trip():
+    open_types = param_types(_MI, _VO, _MO, _VO)
+    frames = [
+        Frame(Kind.OPEN_SESSION, 1, 0, Login.USER, open_types, (TA_UUID.bytes, None, 16, None)),
+        Frame(Kind.OPEN_SESSION | Kind.RESPONSE, 1, 77, Login.USER, open_types,
+              (None, Value(5, 0), bytes(range(16)), Value(2, 16))),
+        Frame(Kind.CLOSE_SESSION, 2, 77, 0, 0),
+        Frame(Kind.CLOSE_SESSION | Kind.RESPONSE, 2, 77, 0, 0),
+    ]
+    for f in frames:
+        assert frame.decode(frame.encode(f)) == f
+
+
+def test_error_response_carries_result_and_origin():
+    f = Frame(Kind.INVOKE | Kind.RESPONSE, 3, 4, Cmd.SIGN, 0, frame.NO_PARAMS,
+              TeecResult.SIGNATURE_INVALID, Origin.TRUSTED_APP)
+    back = frame.decode(frame.encode(f))
+    assert (back.result, back.origin) == (0xFFFF3072, 4)
+
+
+def test_largest_frame_is_exactly_max_body_and_round_trips():
+    types = param_types(_MIO, _MIO, _MIO, _MIO)
+    f = Frame(Kind.INVOKE, 1, 1, 0, types, tuple(bytes([i]) * MAX_MEMREF for i in range(4)))
+    raw = frame.encode(f)
+    assert len(raw) == HEADER_SIZE + MAX_BODY
+    assert frame.decode(raw) == f
+
+
+def test_capacity_bounds_round_trip():
+    for cap in (0, MAX_MEMREF):
+        f = Frame(Kind.INVOKE, 1, 1, 0, param_types(_MO), (cap, None, None, None))
+        assert frame.decode(frame.encode(f)).params[0] == cap
+
+
+# -- header layout ---------------------------------------------------------------------------------
+
+def test_header_layout():
+    f = Frame(Kind.INVOKE | Kind.RESPONSE, 0x01020304, 0x0A0B0C0D, Cmd.PROOF, CMD_PARAMS[Cmd.PROOF],
+              (None, b"s" * 65, b"d" * 32, None), TeecResult.SHORT_BUFFER, Origin.TEE)
+    raw = frame.encode(f)
+    assert HEADER_SIZE == 40
+    assert raw[0:4] == bytes.fromhex("e00e77a1")  # 0xA1770EE0 little-endian
+    assert raw[OFF_VERSION] == 1
+    assert raw[OFF_KIND] == 0x82
+    assert raw[OFF_RESERVED:OFF_RESERVED + 2] == b"\0\0"
+    fields = struct.unpack_from("<8I", raw, OFF_REQUEST_ID)
+    body_len = 4 + 65 + 4 + 32
+    assert fields == (0x01020304, 0x0A0B0C0D, 0x11, 0x0665, 0xFFFF0010, 3, body_len, crc_of(raw))
+    assert len(raw) == HEADER_SIZE + body_len
+    assert raw[HEADER_SIZE:] == struct.pack("<I", 65) + b"s" * 65 + struct.pack("<I", 32) + b"d" * 32
+
+
+def test_param_types_packing_matches_teec_macro():
+    # TEEC_PARAM_TYPES(MEMREF_TEMP_INPUT, VALUE_INPUT, MEMREF_TEMP_OUTPUT, VALUE_OUTPUT) == 0x2615
+    assert param_types(_MI, _V, _MO, _VO) == 0x2615
+    assert frame.split_param_types(0x2615) == (5, 1, 6, 2)
+
+
+# -- strict decoding -------------------------------------------------------------------------------
+
+def _good() -> bytes:
+    return frame.encode(invoke(Cmd.SIGN))
+
+
+DEFECTS = [
+    # (id, tampering, exact exception class)
+    ("bad-magic", lambda r: put(r, OFF_MAGIC, "I", 0xA1770EE1), FrameCorrupt),
+    ("magic-byteswapped", lambda r: put(r, OFF_MAGIC, "I", 0xE00E77A1), FrameCorrupt),
+    ("crc-field-flipped", lambda r: flip(r, OFF_CRC), FrameCorrupt),
+    ("body-byte-flipped", lambda r: flip(r, HEADER_SIZE + 5), FrameCorrupt),
+    ("request-id-flipped", lambda r: flip(r, OFF_REQUEST_ID), FrameCorrupt),
+    ("version-0", lambda r: put(r, OFF_VERSION, "B", 0), FrameMalformed),
+    ("version-2", lambda r: put(r, OFF_VERSION, "B", 2), FrameMalformed),
+    ("reserved-1", lambda r: put(r, OFF_RESERVED, "H", 1), FrameMalformed),
+    ("reserved-8000", lambda r: put(r, OFF_RESERVED, "H", 0x8000), FrameMalformed),
+    ("kind-0", lambda r: put(r, OFF_KIND, "B", 0), FrameMalformed),
+    ("kind-4", lambda r: put(r, OFF_KIND, "B", 4), FrameMalformed),
+    ("kind-7f", lambda r: put(r, OFF_KIND, "B", 0x7F), FrameMalformed),
+    ("kind-80", lambda r: put(r, OFF_KIND, "B", 0x80), FrameMalformed),
+    ("kind-84", lambda r: put(r, OFF_KIND, "B", 0x84), FrameMalformed),
+    ("kind-c2", lambda r: put(r, OFF_KIND, "B", 0xC2), FrameMalformed),
+    ("request-with-result", lambda r: put(r, OFF_RESULT, "I", TeecResult.GENERIC), FrameMalformed),
+    ("request-with-origin", lambda r: put(r, OFF_ORIGIN, "I", Origin.TEE), FrameMalformed),
+    ("types-above-16-bits", lambda r: put(r, OFF_TYPES, "I", CMD_PARAMS[Cmd.SIGN] | 0x10000), FrameMalformed),
+    ("trailing-byte", lambda r: r + b"\0", FrameMalformed),
+    ("trailing-frame", lambda r: r + r, FrameMalformed),
+    ("body-len-over-max", lambda r: put(r, OFF_BODY_LEN, "I", MAX_BODY + 1), FrameTooLarge),
+    ("body-len-u32-max", lambda r: put(r, OFF_BODY_LEN, "I", 0xFFFFFFFF, seal=False), FrameTooLarge),
+    ("body-len-one-more", lambda r: put(r, OFF_BODY_LEN, "I", len(r) - HEADER_SIZE + 1), FrameTruncated),
+    ("body-len-max-short-buffer", lambda r: put(r, OFF_BODY_LEN, "I", MAX_BODY), FrameTruncated),
+    ("header-only", lambda r: r[:HEADER_SIZE], FrameTruncated),
+    ("empty", lambda r: b"", FrameTruncated),
+]
+
+
+@pytest.mark.parametrize("tamper,expected", [d[1:] for d in DEFECTS], ids=[d[0] for d in DEFECTS])
+def test_decode_rejects_defect_with_its_error_class(tamper, expected):
+    good = _good()
+    frame.decode(good)  # the untampered frame is fine
+    with pytest.raises(FrameError) as e:
+        frame.decode(tamper(good))
+    assert type(e.value) is expected, e.value.reason
+    assert e.value.reason == str(e.value) and e.value.reason
+
+
+@pytest.mark.parametrize("slot", range(4))
+@pytest.mark.parametrize("nibble", [0x4, 0x8, 0x9, 0xA, 0xB, 0xC, 0xD, 0xE, 0xF])
+def test_decode_rejects_unknown_param_type_nibble(slot, nibble):
+    raw = build(Kind.INVOKE, nibble << (4 * slot), b"")
+    with pytest.raises(FrameMalformed, match=f"p{slot} has unknown type"):
+        frame.decode(raw)
+
+
+def test_every_prefix_of_a_frame_is_truncated():
+    good = _good()
+    for n in range(len(good)):
+        with pytest.raises(FrameTruncated):
+            frame.decode(good[:n])
+
+
+def test_response_may_carry_result_and_origin_but_request_may_not():
+    f = reply(Cmd.SEAL)
+    raw = put(frame.encode(f), OFF_RESULT, "I", TeecResult.BUSY)
+    assert frame.decode(raw).result == TeecResult.BUSY
+    req = put(frame.encode(invoke(Cmd.SEAL)), OFF_RESULT, "I", TeecResult.BUSY)
+    with pytest.raises(FrameMalformed, match="result or origin"):
+        frame.decode(req)
+
+
+BODY_DEFECTS = [
+    # (id, types, body, kind, exact exception class): bodies built by hand, CRC correct
+    ("memref-over-max", param_types(_MI), struct.pack("<I", MAX_MEMREF + 1), Kind.INVOKE, FrameTooLarge),
+    ("capacity-over-max", param_types(_MO), struct.pack("<I", MAX_MEMREF + 1), Kind.INVOKE, FrameTooLarge),
+    ("response-memref-over-max", param_types(_MO), struct.pack("<I", 0xFFFFFFFF),
+     Kind.INVOKE | Kind.RESPONSE, FrameTooLarge),
+    ("value-runs-past-body", param_types(_V), b"\0" * 7, Kind.INVOKE, FrameMalformed),
+    ("length-runs-past-body", param_types(_V, _MI), b"\0" * 8 + b"\0" * 3, Kind.INVOKE, FrameMalformed),
+    ("memref-runs-past-body", param_types(_MI), struct.pack("<I", 5) + b"abcd", Kind.INVOKE, FrameMalformed),
+    ("bytes-left-after-p3", param_types(_MI), struct.pack("<I", 1) + b"ab", Kind.INVOKE, FrameMalformed),
+    ("body-for-no-params", 0, b"\0", Kind.INVOKE, FrameMalformed),
+    ("output-value-sent-in-request", param_types(_VO), b"\0" * 8, Kind.INVOKE, FrameMalformed),
+    ("input-memref-sent-in-response", param_types(_MI), struct.pack("<I", 0),
+     Kind.INVOKE | Kind.RESPONSE, FrameMalformed),
+]
+
+
+@pytest.mark.parametrize("types,body,kind,expected", [d[1:] for d in BODY_DEFECTS],
+                         ids=[d[0] for d in BODY_DEFECTS])
+def test_decode_rejects_body_that_does_not_fit_param_types(types, body, kind, expected):
+    with pytest.raises(FrameError) as e:
+        frame.decode(build(kind, types, body))
+    assert type(e.value) is expected, e.value.reason
+
+
+def test_hand_built_frame_decodes_like_encoder_output():
+    # Guards the helpers above: the hand-built frame is a real one.
+    body = struct.pack("<I", 3) + b"abc" + struct.pack("<I", 32)
+    raw = build(Kind.INVOKE, CMD_PARAMS[Cmd.SEAL], body, command=Cmd.SEAL, request_id=1, session=2)
+    f = frame.decode(raw)
+    assert f == Frame(Kind.INVOKE, 1, 2, Cmd.SEAL, CMD_PARAMS[Cmd.SEAL], (b"abc", 32, None, None))
+    assert frame.encode(f) == raw
+
+
+# -- strict encoding -------------------------------------------------------------------------------
+
+ENCODE_DEFECTS = [
+    ("memref-over-max", param_types(_MI), (b"x" * (MAX_MEMREF + 1), None, None, None), FrameTooLarge),
+    ("value-slot-given-bytes", param_types(_V), (b"12345678", None, None, None), FrameMalformed),
+    ("memref-slot-given-value", param_types(_MI), (Value(1, 2), None, None, None), FrameMalformed),
+    ("memref-slot-given-none", param_types(_MI), frame.NO_PARAMS, FrameMalformed),
+    ("capacity-over-max", param_types(_MO), (MAX_MEMREF + 1, None, None, None), FrameMalformed),
+    ("capacity-negative", param_types(_MO), (-1, None, None, None), FrameMalformed),
+    ("capacity-bool", param_types(_MO), (True, None, None, None), FrameMalformed),
+    ("capacity-bytes", param_types(_MO), (b"\0" * 4, None, None, None), FrameMalformed),
+    ("unknown-type-nibble", 0x4, frame.NO_PARAMS, FrameMalformed),
+    ("types-above-16-bits", 0x10000, frame.NO_PARAMS, FrameMalformed),
+]
+
+
+@pytest.mark.parametrize("types,params,expected", [d[1:] for d in ENCODE_DEFECTS],
+                         ids=[d[0] for d in ENCODE_DEFECTS])
+def test_encode_rejects_frame_that_breaks_its_types_or_limits(types, params, expected):
+    with pytest.raises(FrameError) as e:
+        frame.encode(Frame(Kind.INVOKE, 1, 1, 0, types, params))
+    assert type(e.value) is expected, e.value.reason
+
+
+# -- known-answer vectors (tests/vectors/frames.json) ----------------------------------------------
+
+def _load_vectors() -> dict:
+    return json.loads(VECTORS.read_text())
+
+
+def _param_from_json(p):
+    if p is None:
+        return None
+    (tag, v), = p.items()
+    return {"value": lambda: Value(*v), "memref": lambda: bytes.fromhex(v), "capacity": lambda: v}[tag]()
+
+
+def _frame_from_json(d: dict) -> Frame:
+    return Frame(d["kind"], d["request_id"], d["session"], d["command"], d["types"],
+                 tuple(_param_from_json(p) for p in d["params"]), d["result"], d["origin"])
+
+
+_VALID = _load_vectors()["valid"]
+_INVALID = _load_vectors()["invalid"]
+
+
+@pytest.mark.parametrize("vec", _VALID, ids=[v["name"] for v in _VALID])
+def test_vector_decodes_to_its_fields(vec):
+    assert frame.decode(bytes.fromhex(vec["hex"])) == _frame_from_json(vec["frame"])
+
+
+@pytest.mark.parametrize("vec", _VALID, ids=[v["name"] for v in _VALID])
+def test_vector_encodes_to_its_bytes(vec):
+    assert frame.encode(_frame_from_json(vec["frame"])).hex() == vec["hex"]
+
+
+@pytest.mark.parametrize("vec", _INVALID, ids=[v["name"] for v in _INVALID])
+def test_invalid_vector_raises_its_error(vec):
+    with pytest.raises(FrameError) as e:
+        frame.decode(bytes.fromhex(vec["hex"]))
+    assert type(e.value).__name__ == vec["error"], e.value.reason
+
+
+def test_vector_file_covers_every_kind_and_error_class():
+    kinds = {v["frame"]["kind"] for v in _VALID}
+    assert kinds >= {1, 2, 3, 0x81, 0x82, 0x83}
+    assert {v["error"] for v in _INVALID} == {"FrameCorrupt", "FrameMalformed", "FrameTooLarge",
+                                              "FrameTruncated"}
+
+
+# -- StreamSplitter --------------------------------------------------------------------------------
+
+def _three_frames() -> list[bytes]:
+    return [frame.encode(invoke(Cmd.SIGN, request_id=1)), frame.encode(reply(Cmd.PROOF)),
+            frame.encode(Frame(Kind.CLOSE_SESSION, 3, 5, 0, 0))]
+
+
+def feed_all(chunks) -> tuple[list[bytes], list[FrameError], StreamSplitter]:
+    s = StreamSplitter()
+    frames, errors = [], []
+    for c in chunks:
+        for item in s.feed(c):
+            (errors if isinstance(item, FrameError) else frames).append(item)
+    return frames, errors, s
+
+
+def test_splitter_returns_whole_frames_and_empties_its_buffer():
+    frames = _three_frames()
+    got, errors, s = feed_all([b"".join(frames)])
+    assert got == frames and errors == [] and s.pending == 0
+
+
+def test_splitter_reassembles_a_stream_cut_at_every_byte_boundary():
+    frames = _three_frames()
+    stream = b"".join(frames)
+    for cut in range(len(stream) + 1):
+        got, errors, s = feed_all([stream[:cut], stream[cut:]])
+        assert (got, errors, s.pending) == (frames, [], 0), f"cut at {cut}"
+
+
+def test_splitter_reassembles_a_stream_fed_byte_by_byte():
+    frames = _three_frames()
+    stream = b"".join(frames)
+    s = StreamSplitter()
+    got = []
+    for i in range(len(stream)):
+        items = s.feed(stream[i:i + 1])
+        assert all(isinstance(x, bytes) for x in items)
+        got += items
+        assert s.pending == (i + 1) - sum(map(len, got))
+    assert got == frames
+
+
+def test_splitter_waits_for_the_rest_of_a_frame():
+    raw = _three_frames()[0]
+    s = StreamSplitter()
+    assert s.feed(raw[:-1]) == []
+    assert s.pending == len(raw) - 1
+    assert s.feed(raw[-1:]) == [raw]
+
+
+@pytest.mark.parametrize("garbage", [b"x", b"line noise\r\n", b"\xe0", b"\xe0\x0e\x77", b"\xe0\x0e\x77\xa0",
+                                     b"\x00" * 100, bytes(range(256))])
+def test_splitter_reports_garbage_and_delivers_the_following_frames(garbage):
+    f1, f2, f3 = _three_frames()
+    stream = garbage + f1 + garbage + f2 + f3
+    for chunks in ([stream], [stream[i:i + 1] for i in range(len(stream))]):
+        got, errors, s = feed_all(chunks)
+        assert got == [f1, f2, f3]
+        assert errors and all(type(e) is FrameCorrupt for e in errors)
+        assert s.pending == 0
+
+
+def test_splitter_resyncs_after_a_frame_with_a_flipped_body_byte():
+    f1, f2, f3 = _three_frames()
+    bad = flip(f1, HEADER_SIZE + 3)
+    got, errors, s = feed_all([bad + f2 + f3])
+    assert got == [f2, f3]
+    assert len(errors) == 1 and type(errors[0]) is FrameCorrupt
+    assert s.pending == 0
+
+
+def test_splitter_resyncs_after_a_frame_with_a_bad_header():
+    f1, f2, _ = _three_frames()
+    for bad, expected in [(flip(f1, OFF_SESSION), FrameCorrupt),
+                          (put(f1, OFF_VERSION, "B", 2), FrameMalformed),
+                          (put(f1, OFF_RESERVED, "H", 1), FrameMalformed)]:
+        got, errors, _s = feed_all([bad + f2])
+        assert got == [f2]
+        assert [type(e) for e in errors] == [expected]
+
+
+def _rejected_then_good() -> list[tuple[str, bytes, type]]:
+    """(name, a frame the splitter must reject, its error class); each is followed by a good frame."""
+    f1 = _three_frames()[0]
+    return [("bad-crc", flip(f1, HEADER_SIZE + 3), FrameCorrupt),
+            ("bad-version", put(f1, OFF_VERSION, "B", 2), FrameMalformed),
+            ("oversized-body-len", put(f1, OFF_BODY_LEN, "I", 0xFFFFFFFF)[:HEADER_SIZE], FrameTooLarge)]
+
+
+@pytest.mark.parametrize("case", range(3), ids=["bad-crc", "bad-version", "oversized-body-len"])
+def test_splitter_resyncs_after_a_rejected_frame_at_every_cut(case):
+    _name, bad, expected = _rejected_then_good()[case]
+    good = _three_frames()[1]
+    stream = bad + good
+    for cut in range(len(stream) + 1):
+        got, errors, s = feed_all([stream[:cut], stream[cut:]])
+        assert got == [good], f"cut at {cut}"
+        # A rejected header's body_len is not trusted: body bytes arriving after it are reported as garbage.
+        assert type(errors[0]) is expected and all(type(e) is FrameCorrupt for e in errors[1:]), f"cut at {cut}"
+        assert s.pending == 0
+
+
+@pytest.mark.parametrize("magic_bytes", [1, 2, 3])
+@pytest.mark.parametrize("case", range(3), ids=["bad-crc", "bad-version", "oversized-body-len"])
+def test_splitter_keeps_a_partial_magic_after_a_rejected_frame(case, magic_bytes):
+    # The read that completes the rejected frame ends 1-3 bytes into the next frame's magic; the next
+    # read brings the rest. The good frame must still come out ("one corrupt frame never swallows the
+    # frame behind it").
+    _name, bad, _expected = _rejected_then_good()[case]
+    good = _three_frames()[1]
+    got, _errors, _s = feed_all([bad + good[:magic_bytes], good[magic_bytes:]])
+    assert got == [good]
+
+
+def test_splitter_does_not_buffer_for_an_oversized_body_len():
+    _, f2, _ = _three_frames()
+    huge = put(_three_frames()[0], OFF_BODY_LEN, "I", 0xFFFFFFFF)[:HEADER_SIZE]
+    s = StreamSplitter()
+    items = s.feed(huge)
+    assert [type(e) for e in items] == [FrameTooLarge]
+    assert s.pending == 0
+    # What follows the bogus header (here: a long run of filler) is not held for it.
+    chunk = b"\x55" * 4096
+    for _ in range(64):
+        items = s.feed(chunk)
+        assert all(type(e) is FrameCorrupt for e in items)
+        assert s.pending < 4
+    assert s.feed(f2) == [f2]
+    assert s.pending == 0
+
+
+def test_splitter_oversized_body_len_then_frame_in_one_read():
+    f1, f2, _ = _three_frames()
+    huge = put(f1, OFF_BODY_LEN, "I", MAX_BODY + 1)
+    got, errors, s = feed_all([huge + f2])
+    assert got == [f2]
+    assert [type(e) for e in errors] == [FrameTooLarge]
+    assert s.pending == 0
+
+
+def test_splitter_reset_drops_a_partial_frame():
+    f1, f2, _ = _three_frames()
+    s = StreamSplitter()
+    assert s.feed(f1[:20]) == []
+    s.reset()
+    assert s.pending == 0
+    assert s.feed(f2) == [f2]
+
+
+def test_splitter_output_decodes():
+    frames = _three_frames()
+    got, _, _ = feed_all([b"".join(frames)])
+    assert [frame.decode(r) for r in got] == [frame.decode(r) for r in frames]
+
+
+def test_find_magic_skips_offset_zero():
+    f1, f2, _ = _three_frames()
+    assert frame.find_magic(f1 + f2) == len(f1)
+    assert frame.find_magic(f1 + f2, 0) == 0
+    assert frame.find_magic(b"no magic here") == -1
