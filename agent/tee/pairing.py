@@ -7,6 +7,7 @@ new one as ``chain.<old pairing id>.log``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class Paired:
 
 def pair(url: str, home: Path, timelock: int = 0, timeout: float = 10.0) -> Paired:
     home.mkdir(parents=True, exist_ok=True)
+    os.chmod(home, 0o700)  # the chain's block hashes are the normal world's half of the pairing secret
     path = home / CHAIN_FILE
     old: ChainLog | None = None
     if path.exists():
