@@ -79,18 +79,20 @@ class ChainView:
         """A fresh nonce and up to k distinct committed heights: recent ones, and one older checkpoint."""
         top = self.committed_height
         low = max(0, top - RING_SLOTS + 1)
+        span = top - low + 1
+        draws = secrets.token_bytes(8 * (4 * k + 1))  # one system-random read; 64-bit draws, bias < 2**-50
         picked: set[int] = set()
-        want = min(k, top - low + 1)
-        for _ in range(4 * k):
+        want = min(k, span)
+        for i in range(0, 8 * 4 * k, 8):
             if len(picked) >= want:
                 break
-            h = low + secrets.randbelow(top - low + 1)
+            h = low + int.from_bytes(draws[i:i + 8], "big") % span
             if h in self._known:
                 picked.add(h)
         older = [h for h in self._checkpoints if h < low]
         if older and picked:
             picked.pop()
-            picked.add(older[secrets.randbelow(len(older))])
+            picked.add(older[int.from_bytes(draws[-8:], "big") % len(older)])
         if not picked:
             picked.add(top)
         return blk.Challenge(secrets.token_bytes(blk.NONCE_SIZE), tuple(sorted(picked)))

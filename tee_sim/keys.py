@@ -6,7 +6,6 @@ v in {27, 28}, so ecrecover, eth-account and every wallet verify them.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import struct
 
@@ -34,4 +33,4 @@ class DeviceKey:
 
 def pseudonym(key: bytes, domain: int, value: bytes) -> bytes:
     """HMAC-SHA256 of ``value`` under the pseudonym key, separated by ``domain`` (a field id)."""
-    return hmac.new(key, b"aitn/pseudonym/v1" + struct.pack(">I", domain) + value, hashlib.sha256).digest()
+    return hmac.digest(key, b"aitn/pseudonym/v1" + struct.pack(">I", domain) + value, "sha256")

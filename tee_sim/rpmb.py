@@ -22,7 +22,6 @@ challenged once the ring has moved past it.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import struct
@@ -60,7 +59,7 @@ class Header:
     timelock: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # treated as immutable
 class Slot:
     height: int
     commit_start: int
@@ -84,7 +83,7 @@ class Rpmb:
         self.header = Header()
 
     def _mac(self, data: bytes) -> bytes:
-        return hmac.new(self._key, data, hashlib.sha256).digest()
+        return hmac.digest(self._key, data, "sha256")
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ def _pack_record(b: blk.Block) -> bytes:
     return (body + struct.pack(">I", zlib.crc32(body))).ljust(RECORD_SIZE, b"\0")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # treated as immutable
 class Record:
     height: int
     direction: int

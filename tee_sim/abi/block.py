@@ -50,7 +50,7 @@ _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # treated as immutable; slots make the hot path cheap
 class Block:
     height: int
     prev_hash: bytes
@@ -95,12 +95,12 @@ def block_from_fields(prev_hash: bytes, fields: bytes, iterations: int) -> Block
 
 
 def genesis(pairing_secret: bytes, pairing_id: bytes, iterations: int) -> Block:
-    h = hmac.new(pairing_secret, b"aitn/genesis/v1" + pairing_id + _U32.pack(iterations) + TA_UUID.bytes,
-                 hashlib.sha256).digest()
+    msg = b"aitn/genesis/v1" + pairing_id + _U32.pack(iterations) + TA_UUID.bytes
+    h = hmac.digest(pairing_secret, msg, "sha256")
     return Block(0, ZERO_HASH, ZERO_HASH, REQUEST, 0, ZERO_HASH, h)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Challenge:
     nonce: bytes
     heights: tuple[int, ...]
@@ -127,16 +127,14 @@ def proof(challenged_hashes: list[bytes], nonce: bytes, signed_digest: bytes, pu
     both sides recorded the same SIGN request and the same challenge.
     """
     key = hashlib.sha256(b"aitn/proof-key/v1" + b"".join(challenged_hashes)).digest()
-    return hmac.new(key, b"aitn/proof/v1" + nonce + signed_digest + _U32.pack(purpose) + tip_hash,
-                    hashlib.sha256).digest()
+    return hmac.digest(key, b"aitn/proof/v1" + nonce + signed_digest + _U32.pack(purpose) + tip_hash, "sha256")
 
 
 def sync_tag(block_hash: bytes, session_nonce: bytes, height: int) -> bytes:
     """What the normal world sends in SYNC to show it holds block ``height``."""
-    return hmac.new(block_hash, b"aitn/sync/v1" + session_nonce + _U64.pack(height), hashlib.sha256).digest()
+    return hmac.digest(block_hash, b"aitn/sync/v1" + session_nonce + _U64.pack(height), "sha256")
 
 
 def sync_ack(block_hash: bytes, session_nonce: bytes, height: int) -> bytes:
     """What the secure world answers to show it holds the same block (mutual authentication)."""
-    return hmac.new(block_hash, b"aitn/sync-ack/v1" + session_nonce + _U64.pack(height),
-                    hashlib.sha256).digest()
+    return hmac.digest(block_hash, b"aitn/sync-ack/v1" + session_nonce + _U64.pack(height), "sha256")

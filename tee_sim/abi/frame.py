@@ -81,7 +81,7 @@ class FrameMalformed(FrameError):
     """Well delimited but not a valid frame (version, kind, reserved bits, parameter layout)."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # treated as immutable; slots make the hot path cheap
 class Value:
     a: int = 0
     b: int = 0
@@ -93,7 +93,7 @@ Param = Union[Value, bytes, int, None]
 NO_PARAMS: tuple[Param, Param, Param, Param] = (None, None, None, None)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # treated as immutable
 class Frame:
     kind: int
     request_id: int
