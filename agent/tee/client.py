@@ -181,16 +181,19 @@ class TeeClient:
         if self.trace:
             self.trace(TraceEvent(time.perf_counter(), True, raw, frame.decode(raw)))
         self.transport.send(raw)
-        resp_raw = self.transport.recv_frame()
-        try:
-            resp = frame.decode(resp_raw)
-        except frame.FrameError as e:
-            raise TeeProtocolError(f"undecodable response: {e.reason}") from None
-        if self.trace:
-            self.trace(TraceEvent(time.perf_counter(), False, resp_raw, resp))
-        if not resp.is_response or (resp.request_id != request_id and resp.request_id != 0):
-            raise TeeProtocolError(f"response for request {resp.request_id}, expected {request_id}")
-        return resp_raw, resp
+        while True:
+            resp_raw = self.transport.recv_frame()
+            try:
+                resp = frame.decode(resp_raw)
+            except frame.FrameError as e:
+                raise TeeProtocolError(f"undecodable response: {e.reason}") from None
+            if self.trace:
+                self.trace(TraceEvent(time.perf_counter(), False, resp_raw, resp))
+            if resp.request_id == 0 and resp.origin == Origin.COMMS and request_id != 0:
+                continue  # the secure world's answer to line noise it could not attribute: not ours
+            if not resp.is_response or resp.request_id != request_id:
+                raise TeeProtocolError(f"response for request {resp.request_id}, expected {request_id}")
+            return resp_raw, resp
 
     def request(self, session: int, cmd: Cmd, params: tuple) -> Frame:
         return Frame(Kind.INVOKE, next(self._ids), session, int(cmd), CMD_PARAMS[cmd], params)
