@@ -3,9 +3,11 @@
 - RAW_DIGEST: the payload is the digest.
 - PERSONAL_MESSAGE: EIP-191 version 0x45, keccak256("\\x19Ethereum Signed Message:\\n" || len || message),
   what ``personal_sign`` / eth-account's ``encode_defunct`` produce.
-- BATCH: the root of a Merkle tree over n digests in the OpenZeppelin ``StandardMerkleTree`` shape
-  (leaf = keccak256(keccak256(digest)), node = keccak256(sorted(a, b))), so an item's inclusion proof
-  verifies with ``MerkleProof.verify`` on chain and the root signature with ``ecrecover``.
+- BATCH: the root of a Merkle tree over n digests, leaves in the given order, an odd node promoted
+  to the next level. Leaf and node hashing are OpenZeppelin's (leaf = keccak256(keccak256(digest)),
+  node = keccak256(sorted(a, b))), so an item's inclusion proof verifies with ``MerkleProof.verify``
+  on chain and the root signature with ``ecrecover``. The tree layout is ours: for n >= 5 the root
+  differs from what ``StandardMerkleTree.of`` (which sorts leaves) builds from the same digests.
 """
 
 from __future__ import annotations

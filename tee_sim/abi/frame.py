@@ -141,7 +141,9 @@ def encode_body(types: int, params: tuple[Param, ...], response: bool) -> bytes:
         if enc == "v":
             if not isinstance(p, Value):
                 raise FrameMalformed(f"p{slot}: value parameter expected, got {type(p).__name__}")
-            out += _VAL.pack(p.a & 0xFFFFFFFF, p.b & 0xFFFFFFFF)
+            if not (0 <= p.a <= 0xFFFFFFFF and 0 <= p.b <= 0xFFFFFFFF):
+                raise FrameMalformed(f"p{slot}: value a={p.a} b={p.b} does not fit 32 bits")
+            out += _VAL.pack(p.a, p.b)
         elif enc == "m":
             if not isinstance(p, (bytes, bytearray)):
                 raise FrameMalformed(f"p{slot}: memref contents expected, got {type(p).__name__}")
@@ -149,14 +151,23 @@ def encode_body(types: int, params: tuple[Param, ...], response: bool) -> bytes:
                 raise FrameTooLarge(f"p{slot}: memref of {len(p)} bytes exceeds {MAX_MEMREF}")
             out += _U32.pack(len(p)) + p
         else:
-            if not isinstance(p, int) or isinstance(p, bool) or not 0 <= p <= MAX_MEMREF:
+            if not isinstance(p, int) or isinstance(p, bool) or p < 0:
                 raise FrameMalformed(f"p{slot}: output capacity 0..{MAX_MEMREF} expected, got {p!r}")
+            if p > MAX_MEMREF:
+                raise FrameTooLarge(f"p{slot}: output capacity {p} exceeds {MAX_MEMREF}")
             out += _U32.pack(p)
     return bytes(out)
 
 
 def encode(frame: Frame) -> bytes:
-    """Serialize a frame; raises FrameError if it would break a limit or its own param_types."""
+    """Serialize a frame; raises FrameError for anything decode() would refuse."""
+    if frame.kind & ~Kind.RESPONSE not in (Kind.OPEN_SESSION, Kind.INVOKE, Kind.CLOSE_SESSION) or frame.kind > 0xFF:
+        raise FrameMalformed(f"kind 0x{frame.kind:x} unknown")
+    if not frame.is_response and (frame.result or frame.origin):
+        raise FrameMalformed("request carries a result or origin")
+    for name in ("request_id", "session", "command", "result", "origin"):
+        if not 0 <= getattr(frame, name) <= 0xFFFFFFFF:
+            raise FrameMalformed(f"{name} {getattr(frame, name)} does not fit 32 bits")
     body = encode_body(frame.types, frame.params, frame.is_response)
     header = HEADER.pack(MAGIC, VERSION, frame.kind, 0, frame.request_id, frame.session, frame.command,
                          frame.types, frame.result, frame.origin, len(body), 0)

@@ -79,9 +79,6 @@ def damaged_frames(draw) -> bytes:
     return _recrc(raw) if draw(st.booleans()) else raw
 
 
-any_bytes = st.one_of(st.binary(max_size=256), damaged_frames())
-
-
 # -- decode ----------------------------------------------------------------------------------------
 
 def _check_decode(data: bytes) -> None:
@@ -112,9 +109,12 @@ def test_decode_of_damaged_frames_returns_a_frame_or_raises_frame_error(data):
 
 
 @pytest.mark.slow
-@settings(max_examples=100_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(any_bytes)
+@pytest.mark.timeout(900)  # about 20 s here; 100,000 inputs against the real process are in tests/attacks
+@settings(max_examples=20_000, deadline=None)
+@given(st.binary(max_size=256) | st.binary(max_size=256).map(lambda b: MAGIC_BYTES + b))
 def test_decode_never_raises_anything_but_frame_error_slow(data):
+    # Arbitrary bytes, half of them behind a magic so they get past the first check. (Damaged frames are
+    # about four times dearer to generate; they run at the default count above.)
     _check_decode(data)
 
 
@@ -122,7 +122,6 @@ def test_decode_never_raises_anything_but_frame_error_slow(data):
 
 #: Enough filler to complete any frame a bogus header may claim, so nothing stays buffered at the end.
 FLUSH = bytes(HEADER_SIZE + MAX_BODY)
-
 
 
 def _crc_ok(raw: bytes) -> bool:
@@ -261,7 +260,8 @@ def chunked_streams(draw):
 
 def _partial_magic_case():
     """A frame with a bad CRC, then a good frame whose magic is split 2 + 2 between two reads."""
-    bad = bytearray(frame.encode(Frame(1, 1, 0, 0, param_types(ParamType.MEMREF_TEMP_INPUT), (b"abc", None, None, None))))
+    seal_like = Frame(1, 1, 0, 0, param_types(ParamType.MEMREF_TEMP_INPUT), (b"abc", None, None, None))
+    bad = bytearray(frame.encode(seal_like))
     bad[-1] ^= 1
     good = frame.encode(Frame(3, 2, 0, 0, 0))
     return bytes(bad) + good, [(len(bad), good)], [bytes(bad) + good[:2], good[2:]]
@@ -272,7 +272,8 @@ def _partial_magic_case():
 @given(chunked_streams())
 def test_splitter_delivers_every_frame_among_arbitrary_garbage_in_any_chunks(case):
     # The same property with the stream cut into arbitrary reads: the result must not depend on where the
-    # reads end. The explicit example is the known failure (see tests/unit/tee_sim/test_frame.py).
+    # reads end. The explicit example is a regression case: a partial magic left at the end of a read that
+    # completed a corrupt frame used to be dropped, losing the frame behind it.
     stream, valid, chunks = case
     _check_against_reference(chunks, stream, valid)
 

@@ -315,7 +315,7 @@ ENCODE_DEFECTS = [
     ("value-slot-given-bytes", param_types(_V), (b"12345678", None, None, None), FrameMalformed),
     ("memref-slot-given-value", param_types(_MI), (Value(1, 2), None, None, None), FrameMalformed),
     ("memref-slot-given-none", param_types(_MI), frame.NO_PARAMS, FrameMalformed),
-    ("capacity-over-max", param_types(_MO), (MAX_MEMREF + 1, None, None, None), FrameMalformed),
+    ("capacity-over-max", param_types(_MO), (MAX_MEMREF + 1, None, None, None), FrameTooLarge),  # the same class decode() raises
     ("capacity-negative", param_types(_MO), (-1, None, None, None), FrameMalformed),
     ("capacity-bool", param_types(_MO), (True, None, None, None), FrameMalformed),
     ("capacity-bytes", param_types(_MO), (b"\0" * 4, None, None, None), FrameMalformed),
@@ -350,8 +350,8 @@ def _frame_from_json(d: dict) -> Frame:
                  tuple(_param_from_json(p) for p in d["params"]), d["result"], d["origin"])
 
 
-_VALID = _load_vectors()["valid"]
-_INVALID = _load_vectors()["invalid"]
+_VECTORS = _load_vectors()
+_VALID, _INVALID = _VECTORS["valid"], _VECTORS["invalid"]
 
 
 @pytest.mark.parametrize("vec", _VALID, ids=[v["name"] for v in _VALID])
@@ -486,7 +486,7 @@ def test_splitter_resyncs_after_a_rejected_frame_at_every_cut(case):
 def test_splitter_keeps_a_partial_magic_after_a_rejected_frame(case, magic_bytes):
     # The read that completes the rejected frame ends 1-3 bytes into the next frame's magic; the next
     # read brings the rest. The good frame must still come out ("one corrupt frame never swallows the
-    # frame behind it").
+    # frame behind it"). Regression: the resync path used to drop such a partial magic.
     _name, bad, _expected = _rejected_then_good()[case]
     good = _three_frames()[1]
     got, _errors, _s = feed_all([bad + good[:magic_bytes], good[magic_bytes:]])
