@@ -154,14 +154,15 @@ class SignerTA:
         mine = sum(1 for s in self.sessions.values() if s.conn == conn)
         if mine >= MAX_SESSIONS_PER_CONNECTION or len(self.sessions) >= MAX_SESSIONS:
             raise TaError(TeecResult.BUSY, Origin.TEE, "too many sessions")
+        nonce = _out(req.params[2], secrets.token_bytes(blk.NONCE_SIZE))
+        while self._next_session in self.sessions:  # after a wrap-around of the 32-bit id
+            self._next_session = (self._next_session % 0xFFFFFFFE) + 1
         sid = self._next_session
         self._next_session = (self._next_session % 0xFFFFFFFE) + 1
-        session = Session(sid, conn, secrets.token_bytes(blk.NONCE_SIZE))
-        self.sessions[sid] = session
+        self.sessions[sid] = Session(sid, conn, nonce)
         height = self.chain.committed_height if self.chain else 0
         flags, _ = self._flags()
-        out = (Value(height & 0xFFFFFFFF, height >> 32), _out(req.params[2], session.nonce),
-               Value(flags, self.chain.timelock if self.chain else 0))
+        out = (Value(height & 0xFFFFFFFF, height >> 32), nonce, Value(flags, self.chain.timelock if self.chain else 0))
         resp = frame.encode(Frame(req.kind | Kind.RESPONSE, req.request_id, sid, req.command, req.types,
                                   (None,) + out))
         self.log.flow("TA", f"conn {conn}: session {sid} opened")
@@ -315,15 +316,14 @@ class SignerTA:
         if self.chain is None:
             raise TaError(TeecResult.BAD_STATE, detail="not paired")
         self._check_lockout()
-        tag = p[1]
+        if len(p[1]) != 32 + blk.NONCE_SIZE:
+            raise TaError(TeecResult.BAD_PARAMETERS, detail=f"sync tag and nonce of {len(p[1])} bytes")
+        tag, nw_nonce = p[1][:32], p[1][32:]
         claimed = p[0].a | p[0].b << 32
-        for other in self.sessions.values():  # one synced session at a time; tentative blocks go
-            other.synced, other.pending = False, None
-        self.chain.rollback()
         top = self.chain.committed_height
         if claimed + 1 < top:
             raise TaError(TeecResult.BAD_STATE, detail=f"normal world at {claimed}, committed {top}: behind")
-        if claimed > top or len(tag) != 32:
+        if claimed > top:
             raise TaError(TeecResult.BAD_PARAMETERS, detail=f"sync at {claimed} above committed {top}")
         known = self.chain.committed_hash(claimed)
         if known is None or not hmac.compare_digest(tag, blk.sync_tag(known, s.nonce, claimed)):
@@ -332,12 +332,17 @@ class SignerTA:
             self.log.error("TA", f"sync refused at height {claimed} (failures {self.lockout.failures}, "
                                  f"lockout {left:.1f} s)")
             raise TaError(TeecResult.MAC_INVALID, detail="sync tag")
+        # Only a caller that proved it holds the chain takes over: one synced session at a time,
+        # and the tentative blocks of the previous one go.
+        for other in self.sessions.values():
+            other.synced, other.pending = False, None
+        self.chain.rollback()
         s.synced = True  # failures are reset only by a correct proof, never by a sync
         head = self.chain.committed
         extra = b""
         if claimed + 1 == top:  # the normal world lost the last response block: re-deliver its fields
             extra = blk.Block(head.height, b"", b"", head.direction, head.command, head.body_digest, b"").fields()
-        ack = blk.sync_ack(head.hash, s.nonce, top)
+        ack = blk.sync_ack(head.hash, s.nonce, nw_nonce, top)
         return (None, None, _out(p[2], ack + extra), Value(top & 0xFFFFFFFF, top >> 32))
 
     def _sign(self, s: Session, p: tuple) -> tuple:

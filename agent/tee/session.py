@@ -17,6 +17,7 @@ the secure world does. The durability rule both worlds follow (docs/handshake.md
 from __future__ import annotations
 
 import hmac
+import secrets
 from pathlib import Path
 from typing import Callable
 
@@ -81,8 +82,9 @@ class ChainedSession:
         committed = self.opened.committed_height
         claim = min(self.chain.head.height, committed)
         tag = blk.sync_tag(self.chain.hash_at(claim), self.opened.nonce, claim)
+        nw_nonce = secrets.token_bytes(blk.NONCE_SIZE)
         _, _, resp = self.client.exchange(self.client.request(self.opened.id, Cmd.SYNC, (
-            Value(claim & 0xFFFFFFFF, claim >> 32), tag, 32 + blk.BLOCK_FIELDS_SIZE, None)))
+            Value(claim & 0xFFFFFFFF, claim >> 32), tag + nw_nonce, 32 + blk.BLOCK_FIELDS_SIZE, None)))
         try:
             raise_for_result("SYNC", resp)
         except TeeBadState as e:
@@ -97,14 +99,22 @@ class ChainedSession:
         out, top = resp.params[2], resp.params[3]
         if not isinstance(out, bytes) or not isinstance(top, Value) or (top.a | top.b << 32) != committed:
             raise TeeProtocolError("SYNC answer does not match the committed height announced at open")
-        self.chain.truncate(claim)
+        # Check the answer before touching the chain: only the genuine secure world, answering this
+        # very request, can make the normal world drop tentative blocks.
+        missing = None
+        head_hash = self.chain.hash_at(claim)
         if claim + 1 == committed:
             if len(out) != 32 + blk.BLOCK_FIELDS_SIZE:
                 raise TeeProtocolError("SYNC did not re-deliver the missing block")
-            b = blk.block_from_fields(self.chain.head.hash, out[32:], self.chain.timelock)
-            self.chain.append([(b.direction, b.command, b.body_digest)])
-        if not hmac.compare_digest(out[:32], blk.sync_ack(self.chain.head.hash, self.opened.nonce, committed)):
+            missing = blk.block_from_fields(head_hash, out[32:], self.chain.timelock)
+            if missing.height != committed:
+                raise TeeProtocolError(f"re-delivered block has height {missing.height}, expected {committed}")
+            head_hash = missing.hash
+        if not hmac.compare_digest(out[:32], blk.sync_ack(head_hash, self.opened.nonce, nw_nonce, committed)):
             raise ChainMismatch("the secure world's sync answer does not match this chain (not our secure world?)")
+        self.chain.truncate(claim)
+        if missing is not None:
+            self.chain.append([(missing.direction, missing.command, missing.body_digest)])
         self.chain.sync()
         self.synced = True
         self.commit_height = committed

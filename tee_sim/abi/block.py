@@ -135,6 +135,10 @@ def sync_tag(block_hash: bytes, session_nonce: bytes, height: int) -> bytes:
     return hmac.digest(block_hash, b"aitn/sync/v1" + session_nonce + _U64.pack(height), "sha256")
 
 
-def sync_ack(block_hash: bytes, session_nonce: bytes, height: int) -> bytes:
-    """What the secure world answers to show it holds the same block (mutual authentication)."""
-    return hmac.digest(block_hash, b"aitn/sync-ack/v1" + session_nonce + _U64.pack(height), "sha256")
+def sync_ack(block_hash: bytes, session_nonce: bytes, nw_nonce: bytes, height: int) -> bytes:
+    """What the secure world answers to show it holds the same block (mutual authentication).
+
+    ``nw_nonce`` is the normal world's fresh nonce from SYNC, so a recorded answer cannot be replayed
+    by someone posing as the secure world.
+    """
+    return hmac.digest(block_hash, b"aitn/sync-ack/v1" + session_nonce + nw_nonce + _U64.pack(height), "sha256")

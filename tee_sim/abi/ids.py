@@ -106,7 +106,7 @@ class Cmd(IntEnum):
     CREATE_KEY = 0x02  # p0 MO: uncompressed public key (65 B). ACCESS_CONFLICT if a key exists.
     PAIR = 0x03  # p0 MI: NW X25519 public key (32 B); p1 V: a=time-lock iterations (0: default)
     #               p2 MO: TEE X25519 public key (32 B) || pairing id (16 B); p3 VO: a=iterations, b=k
-    SYNC = 0x04  # p0 V: a=claimed height low 32 bits, b=high 32 bits; p1 MI: sync tag (32 B)
+    SYNC = 0x04  # p0 V: a=claimed height low 32 bits, b=high 32 bits; p1 MI: sync tag (32 B) || NW nonce (16 B)
     #               p2 MO: ack tag (32 B) || missing block (BLOCK_FIELDS_SIZE B, optional)
     #               p3 VO: a=committed height low, b=high
     SIGN = 0x10  # p0 MI: payload; p1 V: a=Purpose; p2 MO: challenge (abi.block.Challenge)

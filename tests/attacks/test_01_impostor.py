@@ -44,7 +44,7 @@ def test_guessed_sync_tags_are_refused_and_never_reach_the_key(make_tee, workdir
         for claim, expected in ((0, TeecResult.BAD_STATE), (top - 1, TeecResult.MAC_INVALID),
                                 (top, TeecResult.MAC_INVALID)):
             opened = client.open_session()
-            req = client.request(opened.id, Cmd.SYNC, (Value(claim, 0), os.urandom(32), 64, None))
+            req = client.request(opened.id, Cmd.SYNC, (Value(claim, 0), os.urandom(48), 64, None))
             _, _, resp = client.exchange(req)
             assert (resp.result, resp.origin) == (expected, Origin.TRUSTED_APP)
             client.close_session(opened.id)
@@ -98,7 +98,8 @@ def test_sync_tag_of_one_session_is_useless_in_another(tee, home, paired):
     client = TeeClient.connect(tee.url)
     try:
         opened = client.open_session()
-        _, _, resp = client.exchange(client.request(opened.id, Cmd.SYNC, (Value(claim, 0), old_tag, 64, None)))
+        _, _, resp = client.exchange(client.request(opened.id, Cmd.SYNC, (Value(claim, 0), old_tag + bytes(16), 64,
+                                                                          None)))
         assert resp.result == TeecResult.MAC_INVALID
     finally:
         client.close()

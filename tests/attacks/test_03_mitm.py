@@ -60,3 +60,46 @@ def test_altered_exchange_is_refused(tee, home, paired, workdir, what):
     with ChainedSession.open(tee.url, home) as s:
         d = os.urandom(32)
         assert handshake.sign_digest(s, d).digest == d
+
+
+def test_replayed_sync_answer_cannot_make_the_normal_world_drop_blocks(tee, home, paired, workdir):
+    """A middle posing as the secure world replays an old OPEN_SESSION and SYNC answer."""
+    from agent.errors import ChainMismatch
+    from agent.tee.chainlog import ChainLog
+
+    recorded: dict[str, bytes] = {}
+    mode = {"replay": False}
+
+    def hook(outbound: bool, raw: bytes) -> bytes:
+        f = frame.decode(raw)
+        if outbound:
+            mode["last_request_id"] = f.request_id
+            return raw
+        kind = f.kind & ~frame.Kind.RESPONSE
+        name = "open" if kind == frame.Kind.OPEN_SESSION else ("sync" if f.command == Cmd.SYNC else None)
+        if name is None:
+            return raw
+        if not mode["replay"]:
+            recorded.setdefault(name, raw)
+            return raw
+        return retarget(recorded[name], request_id=mode["last_request_id"])
+
+    relay = Relay(workdir / "mitm.sock", tee.sock, hook)
+    try:
+        with ChainedSession.open(relay.url, home) as s:
+            handshake.sign_digest(s, os.urandom(32))  # records the answers at the old head
+        with ChainedSession.open(tee.url, home) as s:
+            for _ in range(3):
+                handshake.sign_digest(s, os.urandom(32))
+            head = s.chain.head.height
+        mode["replay"] = True
+        with ChainedSession.open(relay.url, home) as s:
+            assert s.opened.committed_height < head  # the replayed "secure world" claims an older head
+            with pytest.raises(ChainMismatch):
+                s.sync()
+    finally:
+        relay.close()
+    with ChainLog.open(home / "chain.log") as chain:
+        assert chain.head.height == head  # nothing was dropped
+    with ChainedSession.open(tee.url, home) as s:  # and the genuine pairing still works
+        handshake.sign_digest(s, os.urandom(32))

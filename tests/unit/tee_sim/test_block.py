@@ -185,26 +185,35 @@ def test_proof_is_deterministic():
 
 # -- sync tags -------------------------------------------------------------------------------------
 
+NW_NONCE = bytes(range(100, 116))
+
+
 def test_sync_tag_and_ack_differ_for_the_same_inputs():
-    args = (sha(b"block"), NONCE, 42)
-    assert block.sync_tag(*args) != block.sync_ack(*args)
+    assert block.sync_tag(sha(b"block"), NONCE, 42) != block.sync_ack(sha(b"block"), NONCE, bytes(16), 42)
 
 
 def test_sync_tag_and_ack_are_the_documented_hmacs():
     h = sha(b"block")
     assert block.sync_tag(h, NONCE, 42) == hmac.new(h, b"aitn/sync/v1" + NONCE + struct.pack(">Q", 42),
                                                     hashlib.sha256).digest()
-    assert block.sync_ack(h, NONCE, 42) == hmac.new(h, b"aitn/sync-ack/v1" + NONCE + struct.pack(">Q", 42),
-                                                    hashlib.sha256).digest()
+    assert block.sync_ack(h, NONCE, NW_NONCE, 42) == hmac.new(
+        h, b"aitn/sync-ack/v1" + NONCE + NW_NONCE + struct.pack(">Q", 42), hashlib.sha256).digest()
 
 
-@pytest.mark.parametrize("fn", [block.sync_tag, block.sync_ack], ids=["tag", "ack"])
-def test_sync_values_depend_on_block_nonce_and_height(fn):
-    base = fn(sha(b"block"), NONCE, 42)
-    assert fn(sha(b"other block"), NONCE, 42) != base
-    assert fn(sha(b"block"), bytes(16), 42) != base
-    assert fn(sha(b"block"), NONCE, 43) != base
-    assert fn(sha(b"block"), NONCE, 42 + (1 << 32)) != base
+def test_sync_tag_depends_on_block_nonce_and_height():
+    base = block.sync_tag(sha(b"block"), NONCE, 42)
+    assert block.sync_tag(sha(b"other block"), NONCE, 42) != base
+    assert block.sync_tag(sha(b"block"), bytes(16), 42) != base
+    assert block.sync_tag(sha(b"block"), NONCE, 43) != base
+    assert block.sync_tag(sha(b"block"), NONCE, 42 + (1 << 32)) != base
+
+
+def test_sync_ack_depends_on_block_both_nonces_and_height():
+    base = block.sync_ack(sha(b"block"), NONCE, NW_NONCE, 42)
+    assert block.sync_ack(sha(b"other block"), NONCE, NW_NONCE, 42) != base
+    assert block.sync_ack(sha(b"block"), bytes(16), NW_NONCE, 42) != base
+    assert block.sync_ack(sha(b"block"), NONCE, bytes(16), 42) != base  # a replayed answer fails
+    assert block.sync_ack(sha(b"block"), NONCE, NW_NONCE, 43) != base
 
 
 # -- message digests -------------------------------------------------------------------------------
