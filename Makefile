@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml 2>/dev/null | cut -c1-12)
 
-.PHONY: run test test-fast bench clean venv
+.PHONY: run test test-fast qemu-test qemu-guest bench clean venv
 
 venv: $(STAMP)
 
@@ -25,6 +25,13 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
+
+# The arm64 guest under QEMU (needs root for apt's arm64 packages and the network namespace).
+qemu-guest: $(STAMP)
+	$(PY) scripts/qemu/build_guest.py
+
+qemu-test: $(STAMP)
+	$(PY) -m pytest tests/qemu --qemu -v
 
 bench: $(STAMP)
 	$(PY) bench/handshake.py

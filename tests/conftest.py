@@ -101,3 +101,15 @@ def tee_status(url: str) -> dict:
         return json.loads(client.invoke(sid, Cmd.STATUS, (None, 4096, None, None)).params[1])
     finally:
         client.close()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--qemu", action="store_true", default=False,
+                     help="run the tests in tests/qemu inside the arm64 guest (make qemu-test)")
+
+
+def pytest_ignore_collect(collection_path, config):
+    """tests/qemu boots an arm64 guest: only with --qemu (make qemu-test), not in make test."""
+    if collection_path.name == "qemu" and collection_path.parent == Path(__file__).parent:
+        return not config.getoption("--qemu")
+    return None
