@@ -7,13 +7,13 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 from tee_sim.abi import digests
 from tee_sim.abi.ids import Cmd
 
 from . import __version__
-from .config import Globals, env_defaults
+from . import config
+from .config import Globals
 from .errors import AgentError
 from .signature import verify
 from .tee import handshake
@@ -192,15 +192,34 @@ def cmd_chain_show(g: Globals, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_board_list(g: Globals, args: argparse.Namespace) -> int:
+    names = config.board_names()
+    _print(args, {"boards": names}, "\n".join(names))
+    return 0
+
+
+def cmd_board_show(g: Globals, args: argparse.Namespace) -> int:
+    if g.board is None:
+        raise config.ConfigError("no board selected: pass --board NAME or set AITN_BOARD")
+    d = config.as_dict(g.board)
+    lines = [f"{g.board.name}: {g.board.description} ({g.board.path})"]
+    for section in ("hardware", "sensor", "tee", "limits"):
+        lines.append(f"  [{section}] " + ", ".join(f"{k}={v}" for k, v in d[section].items()))
+    lines.append(f"  effective: --home {g.home} --tee {g.tee}")
+    _print(args, dict(d, effective={"home": str(g.home), "tee": g.tee}), "\n".join(lines))
+    return 0
+
+
 # -- parser ----------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    home, tee = env_defaults()
     ap = argparse.ArgumentParser(prog="aitn", description="aitn-agent: a robot's atom of the AI Technology Network")
     ap.add_argument("--version", action="version", version=f"aitn {__version__}")
-    ap.add_argument("--home", default=home, help=f"normal-world state directory (default {home})")
-    ap.add_argument("--tee", default=tee, help=f"secure world URL: unix:///path or a pyserial URL (default {tee})")
+    ap.add_argument("--board", help="board file from board_configs/ (or $AITN_BOARD): sets the defaults below")
+    ap.add_argument("--home", help=f"normal-world state directory ($AITN_HOME, the board's, or {config.DEFAULT_HOME})")
+    ap.add_argument("--tee", help="secure world URL: unix:///path or a pyserial URL "
+                                  f"($AITN_TEE, the board's, or {config.DEFAULT_TEE})")
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the secure world")
     sub = ap.add_subparsers(dest="group", required=True)
 
@@ -242,6 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag(p)
     p.set_defaults(func=cmd_sign)
 
+    b_p = sub.add_parser("board", help="board files").add_subparsers(dest="cmd", required=True)
+    p = b_p.add_parser("list", help="known boards")
+    json_flag(p)
+    p.set_defaults(func=cmd_board_list)
+    p = b_p.add_parser("show", help="the selected board's settings (--board or $AITN_BOARD)")
+    json_flag(p)
+    p.set_defaults(func=cmd_board_show)
+
     ch_p = sub.add_parser("chain", help="the normal world's copy of the private chain").add_subparsers(
         dest="cmd", required=True)
     p = ch_p.add_parser("verify", help="recompute every block from genesis")
@@ -256,8 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    g = Globals(Path(args.home), args.tee, args.timeout)
     try:
+        g = config.resolve_globals(args.home, args.tee, args.board, args.timeout)
         return args.func(g, args)
     except AgentError as e:
         print(f"aitn: error: {e}", file=sys.stderr)

@@ -1,17 +1,28 @@
-"""Configuration: the only module that reads the environment (and, later, board TOML files).
+"""Configuration: the only module that reads board TOML files and the environment.
 
-Defaults match a device: the secure world's socket under /run/aitn, normal-world state under
-/var/lib/aitn. ``AITN_HOME`` and ``AITN_TEE`` override them (make run and the tests use that).
+A board file (``board_configs/<name>.toml``) describes one kind of board: its hardware (for the
+fixed work utility), the sensor microcontroller's serial link, where the secure world is, and the
+physical limits of the sensor channels (for cleaning). Loading is strict: an unknown key, a
+missing key or a value of the wrong type or range is a ConfigError naming the file and the key.
+
+Precedence for the global settings: command-line flag, then environment (``AITN_HOME``,
+``AITN_TEE``, ``AITN_BOARD``), then the board file, then the built-in default.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import tomllib
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
 
 DEFAULT_HOME = "/var/lib/aitn"
 DEFAULT_TEE = "unix:///run/aitn/tee.sock"
+#: Where board files are looked up: the source tree (or the installed package's copy), then /etc.
+BOARD_DIRS = (Path(__file__).resolve().parents[1] / "board_configs", Path("/etc/aitn/boards"))
 
 
 @dataclass(frozen=True)
@@ -19,8 +30,163 @@ class Globals:
     home: Path
     tee: str
     timeout: float = 10.0
+    board: "BoardConfig | None" = None
 
 
-def env_defaults(environ: dict[str, str] | None = None) -> tuple[str, str]:
+@dataclass(frozen=True)
+class Hardware:
+    soc: str
+    cpu: str
+    cpu_cores: int
+    cpu_max_mhz: int
+    ram_mb: int
+    gpu: bool
+    npu: bool
+
+
+@dataclass(frozen=True)
+class SensorLink:
+    url: str
+    baudrate: int
+
+
+@dataclass(frozen=True)
+class TeeSection:
+    url: str
+    serial_url: str
+    state_dir: str
+
+
+@dataclass(frozen=True)
+class Range:
+    min: float
+    max: float
+
+
+@dataclass(frozen=True)
+class Limits:
+    battery_v: Range
+    motor_current_a: Range
+    accel_ms2: Range
+    gyro_dps: Range
+    temperature_c: Range
+
+
+@dataclass(frozen=True)
+class BoardConfig:
+    name: str
+    description: str
+    machine: str
+    home: str
+    hardware: Hardware
+    sensor: SensorLink
+    tee: TeeSection
+    limits: Limits
+    path: Path
+
+
+_SCHEMA: dict[str, dict[str, Any]] = {
+    "board": {"name": str, "description": str, "machine": str, "home": str},
+    "hardware": {"soc": str, "cpu": str, "cpu_cores": (int, 1, 256), "cpu_max_mhz": (int, 100, 10_000),
+                 "ram_mb": (int, 64, 1 << 20), "gpu": bool, "npu": bool},
+    "sensor": {"url": str, "baudrate": (int, 300, 12_000_000)},
+    "tee": {"url": str, "serial_url": str, "state_dir": str},
+    "limits": {k: Range for k in ("battery_v", "motor_current_a", "accel_ms2", "gyro_dps", "temperature_c")},
+}
+
+
+def _check(path: Path, section: str, key: str, value: Any, spec: Any) -> Any:
+    where = f"{path}: [{section}].{key}"
+    if spec is Range:
+        if (not isinstance(value, list) or len(value) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            raise ConfigError(f"{where}: expected [min, max] numbers, got {value!r}")
+        if value[0] >= value[1]:
+            raise ConfigError(f"{where}: min {value[0]} is not below max {value[1]}")
+        return Range(float(value[0]), float(value[1]))
+    if isinstance(spec, tuple):
+        typ, lo, hi = spec
+        if not isinstance(value, typ) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
+        if not lo <= value <= hi:
+            raise ConfigError(f"{where}: {value} is outside {lo}..{hi}")
+        return value
+    if not isinstance(value, spec) or (spec is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {spec.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def load(path: Path) -> BoardConfig:
+    """Load and validate one board file; raises ConfigError naming the file and key."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such board file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    for section in raw:
+        if section not in _SCHEMA:
+            raise ConfigError(f"{path}: unknown section [{section}]")
+    values: dict[str, dict[str, Any]] = {}
+    for section, keys in _SCHEMA.items():
+        table = raw.get(section)
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: missing section [{section}]")
+        for key in table:
+            if key not in keys:
+                raise ConfigError(f"{path}: unknown key [{section}].{key}")
+        missing = [k for k in keys if k not in table]
+        if missing:
+            raise ConfigError(f"{path}: missing key [{section}].{missing[0]}")
+        values[section] = {k: _check(path, section, k, table[k], spec) for k, spec in keys.items()}
+    b = values["board"]
+    if b["name"] != path.stem:
+        raise ConfigError(f"{path}: [board].name {b['name']!r} does not match the file name {path.stem!r}")
+    tee = values["tee"]
+    if not (tee["url"].startswith("unix://") or tee["url"] == "serial"):
+        raise ConfigError(f"{path}: [tee].url must be unix:///path or \"serial\", got {tee['url']!r}")
+    if tee["url"] == "serial" and not tee["serial_url"]:
+        raise ConfigError(f"{path}: [tee].url is \"serial\" but [tee].serial_url is empty")
+    return BoardConfig(b["name"], b["description"], b["machine"], b["home"], Hardware(**values["hardware"]),
+                       SensorLink(**values["sensor"]), TeeSection(**values["tee"]), Limits(**values["limits"]),
+                       path)
+
+
+def board_names(dirs: tuple[Path, ...] = BOARD_DIRS) -> list[str]:
+    return sorted({p.stem for d in dirs if d.is_dir() for p in d.glob("*.toml")})
+
+
+def load_board(name: str, dirs: tuple[Path, ...] = BOARD_DIRS) -> BoardConfig:
+    for d in dirs:
+        path = d / f"{name}.toml"
+        if path.exists():
+            return load(path)
+    known = ", ".join(board_names(dirs)) or "none"
+    raise ConfigError(f"no board named {name!r} (known: {known})")
+
+
+def tee_url(board: BoardConfig) -> str:
+    """The secure world's transport on this board: its Unix socket, or its serial line."""
+    return board.tee.serial_url if board.tee.url == "serial" else board.tee.url
+
+
+def resolve_globals(home: str | None, tee: str | None, board: str | None, timeout: float,
+                    environ: dict[str, str] | None = None) -> Globals:
+    """Flag, then environment, then board file, then built-in default."""
     env = os.environ if environ is None else environ
-    return env.get("AITN_HOME", DEFAULT_HOME), env.get("AITN_TEE", DEFAULT_TEE)
+    board_name = board or env.get("AITN_BOARD")
+    cfg = load_board(board_name) if board_name else None
+    home = home or env.get("AITN_HOME") or (cfg.home if cfg else DEFAULT_HOME)
+    tee = tee or env.get("AITN_TEE") or (tee_url(cfg) if cfg else DEFAULT_TEE)
+    return Globals(Path(home), tee, timeout, cfg)
+
+
+def as_dict(cfg: BoardConfig) -> dict:
+    def conv(obj: Any) -> Any:
+        if hasattr(obj, "__dataclass_fields__"):
+            return {f.name: conv(getattr(obj, f.name)) for f in fields(obj)}
+        if isinstance(obj, Path):
+            return str(obj)
+        return obj
+
+    return conv(cfg)
