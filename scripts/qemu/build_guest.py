@@ -10,6 +10,7 @@ hashes every input (package versions, kernel version, requirements, this script 
 /init), so a second run with the same inputs reuses it:
 
     vmlinuz           the kernel of linux-image-arm64
+    raspi3b.dtb       its Raspberry Pi 3 B device tree, for QEMU's raspi3b machine
     base.cpio         busybox, python3.11, libraries, wheels, kernel modules, users, /init
     manifest.json     the inputs and sizes
 
@@ -95,6 +96,16 @@ def run_quiet(argv: list[str]) -> None:
         raise SystemExit(f"build_guest: {' '.join(argv[:4])} ... failed with {res.returncode}")
 
 
+HOST_TOOLS = {"qemu-system-aarch64": "qemu-system-arm", "cpio": "cpio", "depmod": "kmod", "fdtput":
+              "device-tree-compiler", "dpkg": "dpkg", "apt-get": "apt"}
+
+
+def check_host_tools() -> None:
+    missing = sorted({pkg for tool, pkg in HOST_TOOLS.items() if shutil.which(tool) is None})
+    if missing:
+        raise SystemExit(f"build_guest: missing host tools; install them with: apt-get install {' '.join(missing)}")
+
+
 def ensure_arm64_apt() -> None:
     if "arm64" not in subprocess.run(["dpkg", "--print-foreign-architectures"], capture_output=True,
                                      text=True).stdout.split():
@@ -137,6 +148,7 @@ def requirements() -> list[str]:
 
 
 def inputs() -> dict:
+    check_host_tools()
     ensure_arm64_apt()
     kernel = kernel_package()
     return {
@@ -229,6 +241,11 @@ def add_kernel(root: Path, kernel_deb: Path, out: Path, work: Path) -> None:
         else:
             shutil.copy(src, dst)
     (root / "etc" / "aitn-modules").write_text("".join(r.removesuffix(".xz") + "\n" for r in order))
+    # QEMU's raspi3b machine: the board's device tree from the same kernel package, without the
+    # Bluetooth node under the PL011 (with it, the console takes no input).
+    dtb = next((kroot / "usr" / "lib").glob("linux-image-*/broadcom/bcm2837-rpi-3-b.dtb"))
+    shutil.copy(dtb, out / "raspi3b.dtb")
+    run(["fdtput", "-r", str(out / "raspi3b.dtb"), "/soc/serial@7e201000/bluetooth"])
 
 
 def add_system(root: Path) -> None:
@@ -299,6 +316,9 @@ def build(out_base: Path) -> Path:
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(staging), str(out))
+    for old in out_base.iterdir():  # images of earlier inputs
+        if old != out and old.is_dir() and re.fullmatch(r"[0-9a-f]{16}", old.name):
+            shutil.rmtree(old, ignore_errors=True)
     return out
 
 

@@ -42,8 +42,11 @@ class GuestError(Exception):
 
 
 class Guest:
-    def __init__(self, image: Path, workdir: Path, *, memory_mb: int = 1024, smp: int = 2,
+    def __init__(self, image: Path, workdir: Path, *, machine: str = "virt", memory_mb: int = 1024, smp: int = 2,
                  netns: bool | None = None, extra_args: tuple[str, ...] = ()) -> None:
+        if machine not in ("virt", "raspi3b"):
+            raise ValueError(f"machine {machine!r}: virt or raspi3b")
+        self.machine = machine
         self.image = image
         self.workdir = workdir
         self.memory_mb = memory_mb
@@ -59,12 +62,16 @@ class Guest:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def qemu_argv(self, initrd: Path) -> list[str]:
-        argv = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", str(self.smp),
-                "-m", str(self.memory_mb), "-display", "none", "-monitor", "none", "-serial", "pty",
-                "-no-reboot", "-kernel", str(self.image / "vmlinuz"), "-initrd", str(initrd),
-                "-append", "console=ttyAMA0 rdinit=/init quiet",
-                "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile=",
-                "-device", "virtio-rng-pci", *self.extra_args]
+        common = ["-display", "none", "-monitor", "none", "-serial", "pty", "-no-reboot",
+                  "-kernel", str(self.image / "vmlinuz"), "-initrd", str(initrd),
+                  "-append", "console=ttyAMA0 rdinit=/init quiet"]
+        if self.machine == "raspi3b":  # fixed 4 x Cortex-A53 and 1 GiB; no virtio, so no network
+            argv = ["qemu-system-aarch64", "-M", "raspi3b", "-dtb", str(self.image / "raspi3b.dtb"), *common]
+        else:
+            argv = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", str(self.smp),
+                    "-m", str(self.memory_mb), *common, "-netdev", "user,id=n0",
+                    "-device", "virtio-net-pci,netdev=n0,romfile=", "-device", "virtio-rng-pci"]
+        argv += list(self.extra_args)
         if self.netns:
             # A namespace whose only interface is loopback, brought up before QEMU starts.
             argv = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "qemu", *argv]
@@ -139,8 +146,8 @@ class Guest:
                 self.port.write(b"sync; poweroff -f\n")
             except (serial.SerialException, OSError):
                 pass
-            try:
-                self.proc.wait(timeout)
+            try:  # raspi3b halts on poweroff without QEMU exiting: do not wait long for it
+                self.proc.wait(timeout if self.machine == "virt" else 3)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)

@@ -32,28 +32,44 @@ def guest_figures() -> dict:
 
 
 @pytest.fixture(scope="session")
-def guest():
+def guest_image() -> Path:
     t0 = time.monotonic()
     image = build(ROOT / "build" / "qemu")
     FIGURES["image_build_or_reuse_s"] = round(time.monotonic() - t0, 1)
-    work = Path(tempfile.mkdtemp(prefix="aitn-guest-"))
-    g = Guest(image, work)
+    FIGURES["image"] = image.name
+    yield image
+    (ROOT / "build" / "qemu" / "figures.json").write_text(json.dumps(FIGURES, indent=2, sort_keys=True) + "\n")
+
+
+def _booted(image: Path, machine: str):
+    g = Guest(image, Path(tempfile.mkdtemp(prefix=f"aitn-guest-{machine}-")), machine=machine)
     try:
         g.boot()
-        FIGURES["boot_to_ready_s"] = round(g.boot_seconds, 2)
-        FIGURES["guest_uptime_at_ready_s"] = round(g.guest_uptime_at_ready, 2)
-        FIGURES["image"] = image.name
+        FIGURES.setdefault(machine, {}).update(boot_to_ready_s=round(g.boot_seconds, 2),
+                                               guest_uptime_at_ready_s=round(g.guest_uptime_at_ready, 2))
         yield g
     finally:
         g.shutdown()
-        out = ROOT / "build" / "qemu" / "figures.json"
-        out.write_text(json.dumps(FIGURES, indent=2, sort_keys=True) + "\n")
+
+
+@pytest.fixture(scope="session")
+def guest(guest_image):
+    """The CI board: QEMU's virt machine (board_configs/qemu-virt.toml)."""
+    yield from _booted(guest_image, "virt")
+
+
+@pytest.fixture(scope="module")
+def raspi_guest(guest_image):
+    """QEMU's raspi3b machine with the Raspberry Pi 3 B device tree (board_configs/qemu-raspi3b.toml)."""
+    yield from _booted(guest_image, "raspi3b")
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
-    g = item.funcargs.get("guest") if hasattr(item, "funcargs") else None
-    if rep.failed and g is not None:
-        rep.sections.append(("qemu console (whole log)", bytes(g.console_log).decode(errors="replace")))
+    funcargs = getattr(item, "funcargs", {})
+    for name in ("guest", "raspi_guest"):
+        g = funcargs.get(name)
+        if rep.failed and g is not None:
+            rep.sections.append((f"qemu console of {name} (whole log)", bytes(g.console_log).decode(errors="replace")))
