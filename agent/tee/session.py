@@ -33,7 +33,7 @@ CHAIN_FILE = "chain.log"
 
 
 class ChainedSession:
-    def __init__(self, client: TeeClient, opened: OpenedSession, chain: ChainLog | None) -> None:
+    def __init__(self, client: TeeClient, opened: OpenedSession, chain: ChainLog) -> None:
         self.client = client
         self.opened = opened
         self.chain = chain
@@ -42,16 +42,13 @@ class ChainedSession:
         self.steps: list[tuple[str, float]] = []  # (label, seconds) of the last operation, for --trace
 
     @classmethod
-    def open(cls, url: str, home: Path, *, timeout: float = 10.0, need_chain: bool = True,
+    def open(cls, url: str, home: Path, *, timeout: float = 10.0,
              trace: Callable[[TraceEvent], None] | None = None) -> "ChainedSession":
+        """Connect, open a session and lock the chain file (raises NotPaired if there is none)."""
         client = TeeClient.connect(url, timeout, trace)
         try:
             opened = client.open_session()
-            chain = None
-            path = home / CHAIN_FILE
-            if need_chain or path.exists():
-                chain = ChainLog.open(path)
-            return cls(client, opened, chain)
+            return cls(client, opened, ChainLog.open(home / CHAIN_FILE))
         except BaseException:
             client.close()
             raise
@@ -62,8 +59,7 @@ class ChainedSession:
         except Exception:  # closing is best effort: the secure world drops sessions of closed connections
             pass
         self.client.close()
-        if self.chain is not None:
-            self.chain.close()
+        self.chain.close()
 
     def __enter__(self) -> "ChainedSession":
         return self
@@ -75,8 +71,6 @@ class ChainedSession:
 
     def sync(self) -> None:
         """Agree with the secure world on the head; raises ChainBehind / ChainMismatch / NotPaired."""
-        if self.chain is None:
-            raise NotPaired("no chain in the normal world's home: run `aitn tee pair`")
         if not self.opened.flags & FLAG_PAIRED:
             raise NotPaired("the secure world is not paired: run `aitn tee pair`")
         committed = self.opened.committed_height
@@ -125,7 +119,6 @@ class ChainedSession:
         """One chained exchange; syncs first if needed. Raises the TEE's error after dropping the tail."""
         if not self.synced:
             self.sync()
-        assert self.chain is not None
         req = self.client.request(self.opened.id, cmd, params)
         raw = encode(req)
         req_digest = blk.message_digest(raw)
@@ -148,9 +141,3 @@ class ChainedSession:
         else:
             self.chain.append([(blk.REQUEST, int(cmd), req_digest), (blk.RESPONSE, int(cmd), resp_digest)])
         return resp
-
-    def unchained(self, cmd: Cmd, params: tuple) -> Frame:
-        """STATUS, GET_PUBKEY, CREATE_KEY, PAIR: on a session that is not synced, outside the chain."""
-        if self.synced:
-            return self.invoke(cmd, params)
-        return self.client.invoke(self.opened.id, cmd, params)
