@@ -192,6 +192,19 @@ def cmd_chain_show(g: Globals, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_cid(g: Globals, args: argparse.Namespace) -> int:
+    """The CID `ipfs add --only-hash --cid-version=1` (kubo's defaults) prints for the same file."""
+    from .store.cid import cid_text, file_root, read_chunks
+
+    try:
+        with open(args.file, "rb") as f:
+            root = cid_text(file_root(read_chunks(f)))
+    except OSError as e:
+        raise AgentError(f"{args.file}: {e.strerror or e}") from None
+    _print(args, {"cid": root, "file": args.file}, root)
+    return 0
+
+
 def cmd_board_list(g: Globals, args: argparse.Namespace) -> int:
     names = config.board_names()
     _print(args, {"boards": names}, "\n".join(names))
@@ -260,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--digest", help="32-byte hex digest to sign as is")
     json_flag(p)
     p.set_defaults(func=cmd_sign)
+
+    d_p = sub.add_parser("data", help="the content-addressed store").add_subparsers(dest="cmd", required=True)
+    p = d_p.add_parser("cid", help="CIDv1 of a file as `ipfs add --only-hash --cid-version=1` computes it")
+    p.add_argument("file")
+    json_flag(p)
+    p.set_defaults(func=cmd_data_cid)
 
     b_p = sub.add_parser("board", help="board files").add_subparsers(dest="cmd", required=True)
     p = b_p.add_parser("list", help="known boards")

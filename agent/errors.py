@@ -1,6 +1,6 @@
 """Errors of the normal world. Each class carries the CLI exit code it maps to (typed exits).
 
-Exit codes: 1 general, 3 configuration, 10-19 secure world, 20-29 private chain.
+Exit codes: 1 general, 3 configuration, 10-19 secure world, 20-29 private chain, 30-39 data integrity.
 """
 
 from __future__ import annotations
@@ -14,6 +14,12 @@ class AgentError(Exception):
 
 class ConfigError(AgentError):
     exit_code = 3
+
+
+class IntegrityError(AgentError):
+    """Stored or received content that does not match its address or format (CID, dag-pb, CAR)."""
+
+    exit_code = 31
 
 
 class TeeError(AgentError):

@@ -44,8 +44,11 @@ def test_normal_world_imports_only_the_abi_from_the_secure_world(path):
     assert not bad, f"{path} imports {bad}"
 
 
-@pytest.mark.parametrize("path", _files("tee_sim/abi"), ids=lambda p: str(p.relative_to(ROOT)))
-def test_abi_does_no_io(path):
+PURE = _files("tee_sim/abi") + [ROOT / "agent" / "store" / n for n in ("cid.py", "dagpb.py", "car.py")]
+
+
+@pytest.mark.parametrize("path", PURE, ids=lambda p: str(p.relative_to(ROOT)))
+def test_pure_cores_do_no_io(path):
     io = {"socket", "serial", "asyncio", "subprocess", "threading", "os", "io"}
     assert not {n.split(".")[0] for n in _imports(path)} & io
 
