@@ -205,6 +205,40 @@ def cmd_data_cid(g: Globals, args: argparse.Namespace) -> int:
     return 0
 
 
+def _datasets(g: Globals):
+    from .store.datasets import DatasetStore
+
+    return DatasetStore(g.home / "store", config.DEFAULT_STORE_QUOTA)
+
+
+def cmd_data_ls(g: Globals, args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    ms = _datasets(g).manifests()
+    rows = [asdict(m) for m in ms]
+    text = "\n".join(f"{m.root}  {m.records:>8} records  {m.compressed_bytes:>10} B  "
+                     f"{m.time_range_ms[0]}..{m.time_range_ms[1]}  {m.uplink}{' evicted' if m.evicted else ''}  "
+                     f"{m.policy}" for m in ms) or "no datasets"
+    _print(args, {"datasets": rows}, text)
+    return 0
+
+
+def cmd_data_verify(g: Globals, args: argparse.Namespace) -> int:
+    report = _datasets(g).verify()
+    text = f"{report['datasets']} datasets, {report['blocks_checked']} blocks re-hashed: " + (
+        "ok" if not report["problems"] else "\n".join(["PROBLEMS:"] + report["problems"]))
+    _print(args, report, text)
+    return 0 if not report["problems"] else 31
+
+
+def cmd_data_export(g: Globals, args: argparse.Namespace) -> int:
+    data = _datasets(g).export_car(args.cid)
+    out = sys.stdout.buffer
+    out.write(data)
+    out.flush()
+    return 0
+
+
 def cmd_board_list(g: Globals, args: argparse.Namespace) -> int:
     names = config.board_names()
     _print(args, {"boards": names}, "\n".join(names))
@@ -279,6 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     json_flag(p)
     p.set_defaults(func=cmd_data_cid)
+    p = d_p.add_parser("ls", help="stored datasets: CIDs, record counts, time range, policy, uplink state")
+    json_flag(p)
+    p.set_defaults(func=cmd_data_ls)
+    p = d_p.add_parser("verify", help="re-hash every stored block")
+    json_flag(p)
+    p.set_defaults(func=cmd_data_verify)
+    p = d_p.add_parser("export", help="write a dataset as a CARv1 (ipfs dag import) to standard output")
+    p.add_argument("cid")
+    p.set_defaults(func=cmd_data_export)
 
     b_p = sub.add_parser("board", help="board files").add_subparsers(dest="cmd", required=True)
     p = b_p.add_parser("list", help="known boards")

@@ -21,6 +21,8 @@ from .errors import ConfigError
 
 DEFAULT_HOME = "/var/lib/aitn"
 DEFAULT_TEE = "unix:///run/aitn/tee.sock"
+#: Disk quota of the local blockstore, bytes.
+DEFAULT_STORE_QUOTA = 1 << 30
 #: Where board files are looked up: the source tree (or the installed package's copy), then /etc.
 BOARD_DIRS = (Path(__file__).resolve().parents[1] / "board_configs", Path("/etc/aitn/boards"))
 
