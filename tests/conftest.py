@@ -10,8 +10,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from support.tee_process import TeeProcess
+
+# Under emulation (the arm64 guest runs the unit tests with --hypothesis-profile=emulated) an
+# example can take far longer than hypothesis's default 200 ms deadline.
+settings.register_profile("emulated", deadline=None)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -52,6 +52,12 @@ def _booted(image: Path, machine: str):
         g.shutdown()
 
 
+def pytest_collection_modifyitems(items):
+    for item in items:  # booting and building take longer than the suite's default timeout
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(900))
+
+
 @pytest.fixture(scope="session")
 def guest(guest_image):
     """The CI board: QEMU's virt machine (board_configs/qemu-virt.toml)."""
