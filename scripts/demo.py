@@ -13,6 +13,7 @@ import os
 import pwd
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -39,6 +40,15 @@ def aitn(*args: str, home: Path, url: str, show: bool = True) -> subprocess.Comp
     return res
 
 
+def _accepts(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(path))
+            return True
+        except OSError:
+            return False
+
+
 def ensure_tee_user() -> str | None:
     if os.geteuid() != 0:
         return None
@@ -52,28 +62,37 @@ def ensure_tee_user() -> str | None:
 
 
 def main() -> None:
-    RUN.mkdir(exist_ok=True)
-    os.chmod(RUN, 0o755)
-    home, state, sock, log = RUN / "home", RUN / "tee-state", RUN / "tee.sock", RUN / "secure-uart.log"
+    import argparse
+
+    ap = argparse.ArgumentParser(description="the split agent on this machine")
+    ap.add_argument("--run-dir", default=str(RUN), help="where state and logs are kept (default ./run)")
+    ap.add_argument("--tee-user", help=f"user the secure world drops to when run as root (default {TEE_USER}, "
+                                       "created if missing)")
+    args = ap.parse_args()
+    run_dir = Path(args.run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(run_dir, 0o755)
+    home, state, sock, log = (run_dir / "home", run_dir / "tee-state", run_dir / "tee.sock",
+                              run_dir / "secure-uart.log")
     url = f"unix://{sock}"
-    user = ensure_tee_user()
+    user = args.tee_user if (args.tee_user and os.geteuid() == 0) else ensure_tee_user()
 
     step("1. secure world: its own process" + (f", dropping to user {user}" if user else ""))
     argv = [sys.executable, "-m", "agent", "--tee", url, "tee", "serve", "--state", str(state), "--log", str(log),
             "--log-level", "3"]
     if user:
         argv += ["--user", user]
-    print("$ aitn --tee " + url + " tee serve --state run/tee-state --log run/secure-uart.log --log-level 3"
-          + (f" --user {user}" if user else ""))
+    print(f"$ aitn --tee {url} tee serve --state {state} --log {log} --log-level 3" + (f" --user {user}" if user else ""))
+    sock.unlink(missing_ok=True)  # a socket file left by an earlier run
     tee = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 15
-        while not sock.exists():
+        while not _accepts(sock):
             if tee.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"secure world did not start: {tee.stderr.read() if tee.stderr else ''}")
             time.sleep(0.05)
-        print(f"secure world pid {tee.pid}; state in run/tee-state (mode "
-              f"{oct(state.stat().st_mode & 0o777) if state.exists() else '0700'}), log on run/secure-uart.log")
+        print(f"secure world pid {tee.pid}; state in {state} (mode "
+              f"{oct(state.stat().st_mode & 0o777) if state.exists() else '0700'}), log on {log}")
 
         step("2. normal world: status of both worlds")
         status = json.loads(aitn("tee", "status", "--json", home=home, url=url, show=False).stdout)
@@ -115,7 +134,7 @@ def main() -> None:
             tee.wait(10)
         except subprocess.TimeoutExpired:
             tee.kill()
-    step("secure UART (last lines of run/secure-uart.log)")
+    step(f"secure UART (last lines of {log})")
     lines = log.read_text().splitlines() if log.exists() else []
     print("\n".join(lines[-8:]))
     print(f"\ndone: device {ident['address']} signed through the challenge handshake; "

@@ -129,6 +129,11 @@ def serve(args: argparse.Namespace) -> None:
     except (OSError, serial.SerialException, ValueError) as e:
         log.error("TC", f"transport {args.tee} failed: {e}")
         _fail(f"transport {args.tee}: {e}")
+    if sock is not None:
+        try:  # a clean stop leaves no socket file behind (best effort: the directory may not be ours)
+            Path(args.tee[len("unix://"):]).unlink()
+        except OSError:
+            pass
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -93,7 +93,7 @@ def test_guest_reaches_only_the_host_side(guest):
 @pytest.mark.timeout(2400)  # under emulation the unit tests take minutes
 def test_unit_tests_pass_in_the_guest(guest, guest_figures):
     t0 = time.monotonic()
-    rc, out = guest.run("cd /opt/aitn && python3 -m pytest tests/unit tests/fuzz -q -m 'not slow' "
+    rc, out = guest.run("cd /opt/aitn && python3 -m pytest tests/unit tests/fuzz -q -m 'not slow' -n 2 "
                         "-p no:cacheprovider --hypothesis-profile=emulated >/tmp/unit.log 2>&1; rc=$?; "
                         "tail -15 /tmp/unit.log; [ $rc -eq 0 ]", timeout=2100)
     figures = guest_figures.setdefault("virt", {})

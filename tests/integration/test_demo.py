@@ -1,0 +1,25 @@
+"""`make run`'s job, twice in the same directory: the first run pairs, the second reuses the pairing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from support.tee_process import DROP_USER, IS_ROOT
+
+DEMO = Path(__file__).resolve().parents[2] / "scripts" / "demo.py"
+
+
+def test_demo_runs_twice(workdir):
+    argv = [sys.executable, str(DEMO), "--run-dir", str(workdir / "run")]
+    if IS_ROOT:
+        argv += ["--tee-user", DROP_USER]
+    first = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "3. pair the worlds" in first.stdout and ": OK" in first.stdout and "chain ok" in first.stdout
+    second = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "already paired" in second.stdout and ": OK" in second.stdout
+    address = [line for line in first.stdout.splitlines() if line.startswith("done: device")][0].split()[2]
+    assert f"done: device {address}" in second.stdout  # the same device key
