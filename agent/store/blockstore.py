@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import AgentError, IntegrityError
+from ..fsio import write_atomic
 from .cid import cid_text, decode_cid, parse_cid
 
 _TMP_SUFFIX = ".tmp"
@@ -38,14 +39,6 @@ class StoreFull(AgentError):
     """The block would exceed the store's quota and nothing may be evicted."""
 
     exit_code = 33
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class BlockStore:
@@ -85,17 +78,7 @@ class BlockStore:
             raise StoreFull(f"{self.root}: storing {size} bytes would exceed the quota of {self.quota_bytes} "
                             f"({self.used_bytes} used)")
         path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(path.name + f".{os.getpid()}{_TMP_SUFFIX}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(block)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        write_atomic(path, block, tmp_suffix=f".{os.getpid()}{_TMP_SUFFIX}")
         self.used_bytes += size
         return True
 

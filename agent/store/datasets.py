@@ -16,7 +16,6 @@ already stored is touched.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import zstandard
 
 from ..errors import AgentError
+from ..fsio import write_atomic
 from . import car, dagpb
 from .blockstore import BlockCorrupt, BlockMissing, BlockStore, StoreFull
 from .cid import DAG_PB, RAW, build_dag, cid_text, decode_cid, parse_cid
@@ -52,22 +52,6 @@ class Manifest:
     extra: dict = field(default_factory=dict)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 class DatasetStore:
     def __init__(self, home: Path, quota_bytes: int) -> None:
         self.dir = home / "datasets"
@@ -91,7 +75,7 @@ class DatasetStore:
             raise DatasetError(f"no dataset {root}") from None
 
     def _save(self, m: Manifest) -> None:
-        _write_atomic(self.dir / f"{m.root}.json", json.dumps(asdict(m), sort_keys=True).encode())
+        write_atomic(self.dir / f"{m.root}.json", json.dumps(asdict(m), sort_keys=True).encode())
 
     def mark(self, root: str, uplink: str) -> Manifest:
         if uplink not in UPLINK_STATES:

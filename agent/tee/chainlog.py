@@ -24,6 +24,7 @@ from typing import Iterator
 from tee_sim.abi import block as blk
 
 from ..errors import ChainBusy, ChainCorrupt, NotPaired
+from ..fsio import write_atomic
 
 RECORD_SIZE = 128
 HEADER_SIZE = 128
@@ -83,15 +84,7 @@ class ChainLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         hdr = _HDR.pack(_MAGIC, pairing_id, timelock)
         hdr = (hdr + struct.pack(">I", zlib.crc32(hdr))).ljust(HEADER_SIZE, b"\0")
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, hdr + _pack_record(genesis))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        write_atomic(path, hdr + _pack_record(genesis))
 
     @classmethod
     def open(cls, path: Path) -> "ChainLog":
@@ -234,10 +227,3 @@ class ChainLog:
         os.ftruncate(self._fd, HEADER_SIZE + (height + 1) * RECORD_SIZE)
         self.head = rec
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

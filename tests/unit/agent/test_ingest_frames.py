@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from agent.ingest import frames as fr
 from agent.ingest.frames import (MAX_ENCODED, CobsError, CrcError, Duplicate, FieldError, Frame, FrameDecoder,
-                                 FrameError, Gap, LengthError, OversizeError, PayloadError, RecordType, Restart,
+                                 FrameError, Gap, LengthError, PayloadError, RecordType, Restart,
                                  UnknownRecordType, VersionError, cobs_decode, cobs_encode, decode_payload,
                                  encode_record)
 
