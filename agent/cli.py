@@ -64,15 +64,20 @@ def cmd_tee_pair(g: Globals, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_tee_status(g: Globals, args: argparse.Namespace) -> int:
+def _unchained(g: Globals, cmd: Cmd, params: tuple):
+    """One command on a fresh, unsynced session (STATUS, GET_PUBKEY): outside the chain."""
     client = TeeClient.connect(g.tee, g.timeout)
     try:
         s = client.open_session()
-        resp = client.invoke(s.id, Cmd.STATUS, (None, 4096, None, None))
+        resp = client.invoke(s.id, cmd, params)
         client.close_session(s.id)
     finally:
         client.close()
-    st = json.loads(resp.params[1])
+    return resp
+
+
+def cmd_tee_status(g: Globals, args: argparse.Namespace) -> int:
+    st = json.loads(_unchained(g, Cmd.STATUS, (None, 4096, None, None)).params[1])
     chain_path = g.home / CHAIN_FILE
     st["normal_world"] = {"home": str(g.home), "chain": chain_path.exists()}
     if chain_path.exists():
@@ -135,13 +140,7 @@ def verify_and_address(g: Globals, digest: bytes, signature: bytes) -> str:
 
 
 def _identity(g: Globals) -> tuple[bytes, bytes]:
-    client = TeeClient.connect(g.tee, g.timeout)
-    try:
-        s = client.open_session()
-        resp = client.invoke(s.id, Cmd.GET_PUBKEY, (65, 20, None, None))
-        client.close_session(s.id)
-    finally:
-        client.close()
+    resp = _unchained(g, Cmd.GET_PUBKEY, (65, 20, None, None))
     return resp.params[0], resp.params[1]
 
 
