@@ -23,6 +23,7 @@ Payloads (LAYOUTS; struct formats, big-endian):
     TASK_EVENT 6  t_ms u32, task_id u32, event u8
     NOTE       7  t_ms u32, then text: UTF-8 up to the end of the payload (operator's free text)
     FAULT      8  t_ms u32, code u16
+    OPERATOR   9  t_ms u32, then badge: UTF-8 to the end of the payload (who is working the robot)
 
 Decoding a stream (FrameDecoder.feed) yields Frame, Gap, Restart, Duplicate and FrameError values,
 never raises: a frame that fails a check is counted by reason and skipped, and decoding resumes
@@ -58,6 +59,7 @@ class RecordType(IntEnum):
     TASK_EVENT = 6
     NOTE = 7
     FAULT = 8
+    OPERATOR = 9
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ LAYOUTS: dict[RecordType, Layout] = {
     RecordType.TASK_EVENT: Layout(">IIB", ("t_ms", "task_id", "event")),
     RecordType.NOTE: Layout(">I", ("t_ms",), "utf8", "text"),
     RecordType.FAULT: Layout(">IH", ("t_ms", "code")),
+    RecordType.OPERATOR: Layout(">I", ("t_ms",), "utf8", "badge"),
 }
 _STRUCTS = {t: struct.Struct(layout.fmt) for t, layout in LAYOUTS.items()}
 

@@ -10,8 +10,8 @@ Runs unchanged under MicroPython and CPython: it imports only `struct` and `bina
     encode_record(rtype, seq, values) -> bytes   a complete frame: COBS(packet) + 0x00
 
 `values` are the layout's values in order; for MOTORS the last value is the list of currents
-(mA), for NOTE the text (str). Raises ValueError for a payload over MAX_PAYLOAD or a bad type,
-and whatever struct.pack raises for values out of range.
+(mA), for NOTE the text and for OPERATOR the badge id (str). Raises ValueError for a payload over
+MAX_PAYLOAD or a bad type, and whatever struct.pack raises for values out of range.
 """
 
 import binascii
@@ -28,6 +28,7 @@ BATTERY = 5
 TASK_EVENT = 6
 NOTE = 7
 FAULT = 8
+OPERATOR = 9
 
 # record type -> (struct format of the fixed part, tail): the agent's LAYOUTS, minus field names.
 # tail "i16[n]": the fixed part ends with a count n of i16 that follow; "utf8": text to the end.
@@ -40,6 +41,7 @@ LAYOUTS = {
     TASK_EVENT: (">IIB", None),
     NOTE: (">I", "utf8"),
     FAULT: (">IH", None),
+    OPERATOR: (">I", "utf8"),
 }
 
 

@@ -48,6 +48,7 @@ RECORDS: list[tuple[RecordType, int, dict]] = [
     (RecordType.NOTE, 8, {"t_ms": 1003, "text": "a\x00b" + "x" * 300}),
     (RecordType.NOTE, 9, {"t_ms": 1004, "text": "é" * ((MAX_PAYLOAD - 4) // 2)}),
     (RecordType.FAULT, 0xFFFFFFFF, {"t_ms": 1005, "code": 1}),
+    (RecordType.OPERATOR, 0, {"t_ms": 1006, "badge": "04:A2:19:7C:3B:5D:80"}),
 ]
 
 

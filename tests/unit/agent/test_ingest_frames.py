@@ -31,6 +31,7 @@ SAMPLES: dict[RecordType, dict] = {
     RecordType.TASK_EVENT: {"t_ms": 42, "task_id": 0xDEADBEEF, "event": 3},
     RecordType.NOTE: {"t_ms": 1, "text": "pelouse mouillée, zone B — ne pas tondre ✓"},
     RecordType.FAULT: {"t_ms": 2, "code": 0x0101},
+    RecordType.OPERATOR: {"t_ms": 3, "badge": "04:A2:19:7C:3B:5D:80"},
 }
 
 # COBS vectors from the Wikipedia article "Consistent Overhead Byte Stuffing" (examples 1-10).

@@ -1,0 +1,1 @@
+"""Robot work records: the versioned schema, building tables from sensor frames, cleaning."""
