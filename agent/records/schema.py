@@ -23,6 +23,7 @@ Units (converted from the wire format's integers by `TableBuilder.build`):
     ax ay az   float64 m/s^2;   gx gy gz float64 degrees/s
     text       object  NOTE free text (str) or None
     operator   object  operator badge id (str) or None, carried forward
+    flags      int16   FLAG_* bits set by cleaning (0 on a fresh row)
 """
 
 from __future__ import annotations
@@ -68,7 +69,14 @@ COLUMNS: dict[str, Column] = {
     "gz": Column("float64", "deg/s", np.nan),
     "text": Column("object", "", None),
     "operator": Column("object", "", None),
+    "flags": Column("int16", "", 0),
 }
+
+#: flags bits. GAP_BEFORE: records are missing just before this row (a sequence gap on the link, a
+#: reboot of the MCU, or a time gap); nothing is interpolated, and windows must not span it.
+FLAG_GAP_BEFORE = 1
+#: A numeric channel of this row was replaced by its window median (Hampel outlier).
+FLAG_REPLACED = 2
 
 #: Numeric channels measured by sensors (cleaning validates and filters these).
 SENSOR_CHANNELS = ("x_m", "y_m", "heading_deg", "lat", "lon", "battery_v", "soc_pct", "temp_c",
