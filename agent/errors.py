@@ -1,6 +1,7 @@
 """Errors of the normal world. Each class carries the CLI exit code it maps to (typed exits).
 
-Exit codes: 1 general, 3 configuration, 10-19 secure world, 20-29 private chain, 30-39 data integrity.
+Exit codes: 1 general, 3 configuration, 10-19 secure world, 20-29 private chain, 30-39 data integrity,
+40-49 privacy (agent/privacy/errors.py), 50-59 sensor link (agent/ingest).
 """
 
 from __future__ import annotations

@@ -330,6 +330,20 @@ class FrameDecoder:
         """Bytes held for an incomplete frame (at most MAX_ENCODED)."""
         return len(self._buf)
 
+    def discard_partial(self) -> int:
+        """Drop the incomplete frame held (the link went down mid-frame) and return its byte count.
+
+        A non-empty partial frame counts once under corrupt reason "truncated". Without this, the
+        first frame after a reconnect would be glued to the stale bytes and lost as well. Bytes
+        being skipped after an oversize run were already counted: they are dropped uncounted.
+        """
+        n = len(self._buf)
+        self._buf.clear()
+        self._discarding = False
+        if n:
+            self.counters.corrupt["truncated"] = self.counters.corrupt.get("truncated", 0) + 1
+        return n
+
     def feed(self, data: bytes) -> list[Event]:
         """Consume `data` (any split of the stream); return the events it completes, in stream order."""
         out: list[Event] = []
