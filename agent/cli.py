@@ -263,7 +263,7 @@ def cmd_sensor_sim(g: Globals, args: argparse.Namespace) -> int:
     """Play the simulated sensor MCU on a link in real time; a summary goes to stderr at the end."""
     from dataclasses import asdict
 
-    from .ingest import sim
+    from .ingest import sim_link as sim
 
     report = sim.run(args.url, args.rate, count=args.count, duration=args.duration, seed=args.seed,
                      out=sys.stdout, clean=args.clean)
