@@ -33,6 +33,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ..errors import AgentError
+
 SCHEMA_VERSION = 1
 MAX_MOTORS = 8
 
@@ -137,3 +139,88 @@ class Table:
             x = v[i]
             out[k] = x.tolist() if isinstance(x, np.ndarray) else (x.item() if hasattr(x, "item") else x)
         return out
+
+
+# -- helpers shared by the builder, cleaning and the pipeline (additions; the contract above is unchanged) --
+
+class SchemaError(AgentError):
+    """A table whose columns do not have the schema's dtypes or shapes (`column` names the first)."""
+
+    exit_code = 32
+
+    def __init__(self, column: str, detail: str) -> None:
+        super().__init__(f"column {column}: {detail}")
+        self.column = column
+
+
+#: The sensor channels each record type carries (rtype values are agent.ingest.frames.RecordType's).
+#: MOTORS carries the first n columns of motor_a, n from the frame; the rest stay NaN.
+CARRIES: dict[int, tuple[str, ...]] = {
+    1: ("x_m", "y_m", "heading_deg"),                     # POSE
+    2: ("lat", "lon"),                                    # GPS
+    3: ("ax", "ay", "az", "gx", "gy", "gz"),              # IMU
+    4: ("motor_a",),                                      # MOTORS
+    5: ("battery_v", "soc_pct", "temp_c"),                # BATTERY
+}
+
+#: One step of the wire's integer encoding, in the column's unit (mm -> m, cdeg, 1e-7 deg, mV, %, 0.1 degC, mA,
+#: mm/s^2, mdeg/s).
+RESOLUTION: dict[str, float] = {
+    "x_m": 1e-3, "y_m": 1e-3, "heading_deg": 1e-2, "lat": 1e-7, "lon": 1e-7, "battery_v": 1e-3, "soc_pct": 1.0,
+    "temp_c": 0.1, "motor_a": 1e-3, "ax": 1e-3, "ay": 1e-3, "az": 1e-3, "gx": 1e-3, "gy": 1e-3, "gz": 1e-3,
+}
+
+
+def check_types(table: Table) -> None:
+    """Raise SchemaError unless every column has its schema dtype and shape."""
+    for name, c in COLUMNS.items():
+        v = table.columns[name]
+        if not isinstance(v, np.ndarray) or v.dtype != np.dtype(c.dtype):
+            raise SchemaError(name, f"dtype {getattr(v, 'dtype', type(v).__name__)}, expected {c.dtype}")
+        if v.ndim != (2 if c.width else 1) or (c.width and v.shape[1] != c.width):
+            raise SchemaError(name, f"shape {v.shape}, expected (n{f', {c.width}' if c.width else ''})")
+
+
+def table_to_jsonable(table: Table) -> dict[str, Any]:
+    """A JSON-ready form of a (small) table: per column only the values that differ from its fill.
+
+    Floats are written with repr precision (json round-trips them exactly); meta is not included.
+    """
+    out: dict[str, Any] = {"n": len(table), "columns": {}}
+    for name, c in COLUMNS.items():
+        v = table.columns[name]
+        if c.dtype == "object":
+            idx = [i for i, x in enumerate(v) if x is not None]
+            vals = [v[i] for i in idx]
+        elif c.width:
+            present = ~np.isnan(v)
+            idx = np.flatnonzero(present.any(axis=1)).tolist()
+            vals = [[None if np.isnan(x) else float(x) for x in v[i]] for i in idx]
+        elif c.dtype == "float64":
+            idx = np.flatnonzero(~np.isnan(v)).tolist()
+            vals = v[idx].tolist()
+        else:
+            idx = np.flatnonzero(v != c.fill).tolist()
+            vals = v[idx].tolist()
+        if idx:
+            out["columns"][name] = [idx, vals]
+    return out
+
+
+def table_from_jsonable(data: dict[str, Any]) -> Table:
+    """The inverse of table_to_jsonable. Raises SchemaError on a malformed document."""
+    try:
+        n = int(data["n"])
+        t = Table.empty(n)
+        for name, (idx, vals) in data["columns"].items():
+            col = t.columns[name]  # KeyError for an unknown column
+            if COLUMNS[name].width:
+                col[idx] = np.array([[np.nan if x is None else x for x in row] for row in vals], dtype=float)
+            elif COLUMNS[name].dtype == "object":
+                for i, x in zip(idx, vals):
+                    col[i] = x
+            else:
+                col[idx] = vals
+        return t
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise SchemaError("*", f"bad table document: {e!r}") from None

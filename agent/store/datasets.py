@@ -87,8 +87,12 @@ class DatasetStore:
 
     # -- batches -----------------------------------------------------------------------------------
 
-    def add_batch(self, payload: bytes, *, records: int, time_range_ms: tuple[int, int], policy: str) -> Manifest:
-        """Compress, slice and store a batch; returns its manifest once everything is durable."""
+    def add_batch(self, payload: bytes, *, records: int, time_range_ms: tuple[int, int], policy: str,
+                  extra: dict | None = None) -> Manifest:
+        """Compress, slice and store a batch; returns its manifest once everything is durable.
+
+        ``extra``: what the producer wants kept with the batch (the ingest's per-batch counts).
+        """
         compressed = self._compress.compress(payload)
         dag = build_dag(compressed)
         new = [(c, b) for c, b in dag.blocks if not self.blocks.has(c)]
@@ -98,7 +102,8 @@ class DatasetStore:
         for c, b in new:
             self.blocks.put(c, b)
         m = Manifest(cid_text(dag.root), [cid_text(c) for c, _ in dag.blocks], len(compressed), len(payload),
-                     records, [int(time_range_ms[0]), int(time_range_ms[1])], policy, time.time())
+                     records, [int(time_range_ms[0]), int(time_range_ms[1])], policy, time.time(),
+                     extra=dict(extra or {}))
         existing = self.dir / f"{m.root}.json"
         if existing.exists():  # the same batch again: keep its history
             return self.manifest(m.root)
