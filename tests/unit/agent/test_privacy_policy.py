@@ -28,10 +28,14 @@ def test_the_shipped_policy():
     assert pol.ref == f"aitn-default@sha256:{pol.digest}"
     assert pol.unruled == ()  # the shipped policy names every field
     home = [z for z in pol.zones.zones if z.name == "home"]
-    assert home == [geo.Circle("home", 47.37726, 8.542, 15.0)]
+    from agent.ingest.sim import HOME_ZONE
+
+    lat, lon, radius = HOME_ZONE   # the simulator's home garden, with a margin for GPS error
+    assert home == [geo.Circle("home", lat, lon, radius + 5.0)]
     assert pol.zones.unknown_position == "suppress"
-    names = {"Alice Martin", "Bruno Keller", "Chiara Rossi", "Dmitri Volkov", "Emma Schneider"}
-    assert names <= set(pol.redaction.names)
+    from agent.ingest.sim import NAMES
+
+    assert set(NAMES) <= set(pol.redaction.names)   # the staff whose names the simulator's notes carry
     assert pol.rule("lat") == pol.rule("lon") == policy.Rule("generalize", geohash=7)
     assert pol.rule("device").op == pol.rule("operator").op == pol.rule("task_id").op == "pseudonymize"
     assert pol.budget.ledger_path(Path("/h")) == Path("/h/privacy/budget.json")
@@ -87,9 +91,9 @@ def _sub(old: str, new: str):
     (_sub('step = 5.0', 'step = true'), "[fields].heading_deg.step: expected a number"),
     (_sub('unknown_position = "suppress"', 'unknown_position = "ignore"'), "[zones].unknown_position"),
     (_sub('max_fix_age_s = 60.0', ''), "missing key [zones].max_fix_age_s"),
-    (_sub("lat = 47.37726", "lat = 97.0"), "[[zones.circle]][0].lat: 97.0 must be <= 90"),
-    (_sub("radius_m = 15.0", "radius_m = 0"), "[[zones.circle]][0].radius_m: 0 must be > 0"),
-    (_sub("radius_m = 15.0", "radius_m = 15.0\nheight = 2"), "unknown key [[zones.circle]][0].height"),
+    (_sub("lat = 47.3771563", "lat = 97.0"), "[[zones.circle]][0].lat: 97.0 must be <= 90"),
+    (_sub("radius_m = 20.0", "radius_m = 0"), "[[zones.circle]][0].radius_m: 0 must be > 0"),
+    (_sub("radius_m = 20.0", "radius_m = 20.0\nheight = 2"), "unknown key [[zones.circle]][0].height"),
     (_sub('name = "home"', 'name = ""'), "[[zones.circle]][0].name"),
     (_sub("# [[zones.polygon]]", "[[zones.polygon]]\nname = \"p\"\npoints = [[1.0, 2.0], [3.0, 4.0]]\n"),
      "[[zones.polygon]][0].points: expected at least 3"),
@@ -97,7 +101,7 @@ def _sub(old: str, new: str):
           '[[zones.site_rect]]\nname = "r"\nx_min = 1.0\ny_min = 0.0\nx_max = 0.0\ny_max = 1.0\n'),
      "[[zones.site_rect]][0]: x_min/y_min must be below"),
     (_sub("name_parts = true", 'name_parts = "yes"'), "[redact].name_parts: expected bool"),
-    (_sub('names = ["Alice Martin"', 'names = [7, "Alice Martin"'), "[redact].names[0]: expected str"),
+    (_sub('names = ["Anna Müller"', 'names = [7, "Anna Müller"'), "[redact].names[0]: expected str"),
     (_sub('EMAIL_ADDRESS = { type = "hash" }', 'EMAIL_ADDRESS = { type = "scramble" }'),
      "[redact.operators].EMAIL_ADDRESS.type: 'scramble'"),
     (_sub('EMAIL_ADDRESS = { type = "hash" }', 'EMAIL = { type = "hash" }'), "unknown key [redact.operators].EMAIL"),
