@@ -19,6 +19,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import zstandard
 
@@ -50,6 +51,14 @@ class Manifest:
     evicted: bool = False
     codec: str = f"zstd-{ZSTD_LEVEL}"
     extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    root: str
+    compressed: bytes
+    dag: Any
+    raw_bytes: int
 
 
 class DatasetStore:
@@ -87,21 +96,28 @@ class DatasetStore:
 
     # -- batches -----------------------------------------------------------------------------------
 
-    def add_batch(self, payload: bytes, *, records: int, time_range_ms: tuple[int, int], policy: str,
+    def prepare(self, payload: bytes) -> Prepared:
+        """Compress and slice ``payload`` without storing it: its root CID is known before any write."""
+        compressed = self._compress.compress(payload)
+        dag = build_dag(compressed)
+        return Prepared(cid_text(dag.root), compressed, dag, len(payload))
+
+    def add_batch(self, payload: bytes | Prepared, *, records: int, time_range_ms: tuple[int, int], policy: str,
                   extra: dict | None = None) -> Manifest:
         """Compress, slice and store a batch; returns its manifest once everything is durable.
 
-        ``extra``: what the producer wants kept with the batch (the ingest's per-batch counts).
+        ``payload``: the batch's bytes, or what prepare() made of them. ``extra``: what the producer
+        wants kept with the batch (the ingest's per-batch counts).
         """
-        compressed = self._compress.compress(payload)
-        dag = build_dag(compressed)
+        prepared = payload if isinstance(payload, Prepared) else self.prepare(payload)
+        compressed, dag = prepared.compressed, prepared.dag
         new = [(c, b) for c, b in dag.blocks if not self.blocks.has(c)]
         needed = sum(len(b) for _, b in new)
         if self.blocks.used_bytes + needed > self.blocks.quota_bytes:
             self._evict(needed, keep={c for c, _ in dag.blocks})
         for c, b in new:
             self.blocks.put(c, b)
-        m = Manifest(cid_text(dag.root), [cid_text(c) for c, _ in dag.blocks], len(compressed), len(payload),
+        m = Manifest(prepared.root, [cid_text(c) for c, _ in dag.blocks], len(compressed), prepared.raw_bytes,
                      records, [int(time_range_ms[0]), int(time_range_ms[1])], policy, time.time(),
                      extra=dict(extra or {}))
         existing = self.dir / f"{m.root}.json"

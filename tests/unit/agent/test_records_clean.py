@@ -26,7 +26,10 @@ GAP, REPL = FLAG_GAP_BEFORE, FLAG_REPLACED
 T0 = 1_700_000_000_000
 LIMITS = Limits(battery_v=Range(0.0, 60.0), motor_current_a=Range(-50.0, 50.0), accel_ms2=Range(-160.0, 160.0),
                 gyro_dps=Range(-2000.0, 2000.0), temperature_c=Range(-20.0, 85.0))
-CFG = CleanConfig(LIMITS)
+#: The mechanics below are written for 7-sample windows and k = 3 (the defaults are wider: see
+#: test_defaults_are_the_documented_ones).
+H3K3 = {"hampel_half_window": 3, "hampel_k": 3.0}
+CFG = CleanConfig(LIMITS, **H3K3)
 IMU = ("ax", "ay", "az", "gx", "gy", "gz")
 
 
@@ -91,7 +94,7 @@ def test_wrong_dtype_or_shape_raises_schema_error():
 
 def test_non_consecutive_duplicates_within_the_window():
     seqs = [10, 11, 12, 11, 13, 10, 14, 15, 12]
-    cfg = CleanConfig(LIMITS, dedup_window=5)
+    cfg = CleanConfig(LIMITS, **H3K3, dedup_window=5)
     out, rep = run(table([{"seq": s} for s in seqs]), cfg)
     # 11 (3 rows back) and 10 (5 rows back) are within 5 rows; the last 12 is 6 rows after its first.
     assert rep.dropped == {"duplicate": 2}
@@ -110,7 +113,7 @@ def test_duplicates_across_batches_and_the_seq_wrap():
 
 
 def test_in_order_batches_keep_the_window_for_later_ones():
-    state, cfg, outs, base = CleanState(), CleanConfig(LIMITS, dedup_window=12), [], 0
+    state, cfg, outs, base = CleanState(), CleanConfig(LIMITS, **H3K3, dedup_window=12), [], 0
     for seqs in ([*range(10)], [*range(10, 20)], [8, 7, 20, 15, 21]):
         out, rep = run(table([{"seq": q, "t": 10 * (base + i)} for i, q in enumerate(seqs)]), cfg, state,
                        final=False)
@@ -170,7 +173,7 @@ def test_dedup_matches_the_reference_in_any_batching(seqs, flag_rolls, window, c
     flags = [GAP if roll == 0 else 0 for roll in flag_rolls[:len(seqs)]]
     t = table([{"seq": s, "flags": f, "t": i} for i, (s, f) in enumerate(zip(seqs, flags))])
     expected = dedup_reference(seqs, flags, window)
-    cfg = CleanConfig(LIMITS, dedup_window=window, reorder_window=0)
+    cfg = CleanConfig(LIMITS, **H3K3, dedup_window=window, reorder_window=0)
     out, rep = batched(t, cfg, cuts)
     assert rep.dropped.get("duplicate", 0) == sum(expected)
     assert out["t_ms"].tolist() == [T0 + i for i, d in enumerate(expected) if not d]
@@ -193,7 +196,7 @@ def test_implausible_timestamps():
 
 def test_reorder_within_the_window_and_drop_the_late():
     ts = [0, 10, 20, 5, 30, 40, 50, 60, 15, 70, 65, 65]
-    cfg = CleanConfig(LIMITS, reorder_window=3)
+    cfg = CleanConfig(LIMITS, **H3K3, reorder_window=3)
     out, rep = run(table([{"t": x, "seq": i} for i, x in enumerate(ts)]), cfg)
     # 5 is 2 places late (kept); 15 is 6 places late (dropped); 65 and 65 are 1 and 2 places late (kept).
     assert rep.dropped == {"late": 1}
@@ -202,7 +205,7 @@ def test_reorder_within_the_window_and_drop_the_late():
 
 
 def test_an_in_order_batch_can_still_start_late():
-    state, cfg = CleanState(), CleanConfig(LIMITS, reorder_window=1)
+    state, cfg = CleanState(), CleanConfig(LIMITS, **H3K3, reorder_window=1)
     out1, _ = run(table([{"t": x} for x in (0, 10, 20, 30)]), cfg, state, final=False)
     out2, rep = run(table([{"t": x, "seq": 4 + i} for i, x in enumerate((15, 40))]), cfg, state)
     # 15 is below 20, the largest t at least 2 rows before it: late
@@ -219,7 +222,7 @@ def late_reference(ts: list[int], window: int) -> list[bool]:
        st.lists(st.integers(0, 80), max_size=5))
 def test_reordering_property(ts, window, cuts):
     t = table([{"t": x, "seq": i} for i, x in enumerate(ts)])
-    cfg = CleanConfig(LIMITS, reorder_window=window)
+    cfg = CleanConfig(LIMITS, **H3K3, reorder_window=window)
     out, rep = batched(t, cfg, cuts)
     late = late_reference(ts, window)
     assert rep.dropped.get("late", 0) == sum(late)
@@ -322,7 +325,7 @@ def test_clean_hampel_equals_the_reference_per_segment(rows, h, cuts):
         x = float("nan") if nan_roll == 0 else x
         xs.append(x)
         spec.append({"t": t, "ax": x, "flags": GAP if flagged else 0})
-    cfg = CleanConfig(LIMITS, hampel_half_window=h, reorder_window=2)
+    cfg = CleanConfig(LIMITS, hampel_k=3.0, hampel_half_window=h, reorder_window=2)
     out, rep = batched(table(spec), cfg, cuts)
     x, ts = np.array(xs), np.array([r["t"] for r in spec])
     flagged = np.array([r["flags"] == GAP for r in spec])
@@ -466,7 +469,7 @@ def same_tables(a: Table, b: Table) -> bool:
 @given(st.integers(0, 2**16), st.lists(st.integers(1, 399), max_size=12), st.integers(1, 3))
 def test_any_batching_gives_the_same_result(seed, cuts, h):
     t = messy_stream(400, seed)
-    cfg = CleanConfig(LIMITS, reorder_window=4, dedup_window=16, hampel_half_window=h)
+    cfg = CleanConfig(LIMITS, hampel_k=3.0, reorder_window=4, dedup_window=16, hampel_half_window=h)
     whole, r1 = batched(t, cfg, [])
     split, r2 = batched(t, cfg, cuts)
     assert same_tables(whole, split)
@@ -481,7 +484,7 @@ def test_a_batch_edge_just_after_a_segment_start():
     ax = [(0, 0.0), (10, 0.0), (20, 0.0), (30, 0.0), (40, 0.0), (5000, 0.0), (5010, 100.0), (5020, 0.0),
           (5030, 0.0), (5040, 0.0)]
     t = table([{"t": x, "ax": a} for x, a in ax])
-    cfg = CleanConfig(LIMITS, hampel_half_window=2, reorder_window=0)
+    cfg = CleanConfig(LIMITS, hampel_k=3.0, hampel_half_window=2, reorder_window=0)
     state = CleanState()
     out1, _ = clean(t.take(np.arange(8)), cfg, state)
     assert len(out1) == 6 and state.streams[RT.IMU].context["ax"] == [0.0]
@@ -491,14 +494,14 @@ def test_a_batch_edge_just_after_a_segment_start():
 
 
 def test_the_messy_stream_exercises_every_reason():
-    _, rep = batched(messy_stream(2000, 1), CleanConfig(LIMITS, reorder_window=4, dedup_window=16), [])
+    _, rep = batched(messy_stream(2000, 1), CleanConfig(LIMITS, **H3K3, reorder_window=4, dedup_window=16), [])
     assert {"duplicate", "late", "range:az"} <= set(rep.dropped) | set(rep.changed)
     assert {"gap", "hampel:ax", "hampel:motor_a[0]", "hampel:x_m", "hampel:battery_v"} <= set(rep.changed)
 
 
 def test_rows_are_held_until_nothing_later_can_change_them():
     state = CleanState()
-    cfg = CleanConfig(LIMITS, reorder_window=2)
+    cfg = CleanConfig(LIMITS, **H3K3, reorder_window=2)
     out, rep = clean(table([{"t": 10 * i, "ax": 0.0} for i in range(10)]), cfg, state)
     # A later row that is not late has t >= 70 (the largest t but for the last reorder_window + 1 rows):
     # 80 and 90 may still be passed. 50, 60, 70 wait for their right half-window (h = 3).
@@ -511,7 +514,7 @@ def test_a_silent_stream_does_not_hold_rows_forever():
     state = CleanState()
     rows = [{"t": 1000 * i, "rtype": RT.BATTERY} for i in range(3)]
     rows += [{"t": 2000 + 10 * i, "rtype": RT.FAULT, "fault": 0} for i in range(1, 700)]   # 7 s, no BATTERY
-    out, _ = clean(table(rows), CleanConfig(LIMITS, reorder_window=2), state)
+    out, _ = clean(table(rows), CleanConfig(LIMITS, **H3K3, reorder_window=2), state)
     # BATTERY's last sample is more than its gap_ms (5 s) behind: its segment is over, nothing waits for
     # it; only the 2 rows a late row could still pass are held.
     assert len(out) == len(rows) - 2 and (out["rtype"] == RT.BATTERY).sum() == 3
@@ -554,7 +557,7 @@ def test_decoded_frames_through_builder_and_cleaner():
 
 def test_state_json_round_trip():
     state = CleanState()
-    clean(messy_stream(300, 7), CleanConfig(LIMITS), state)
+    clean(messy_stream(300, 7), CleanConfig(LIMITS, **H3K3), state)
     text = state.to_json()
     again = CleanState.from_json(text)
     assert again.to_json() == text
@@ -585,11 +588,11 @@ def test_report_merge_json_and_text():
 
 def test_config_is_validated():
     with pytest.raises(ConfigError):
-        CleanConfig(LIMITS, reorder_window=-1)
+        CleanConfig(LIMITS, **H3K3, reorder_window=-1)
     with pytest.raises(ConfigError):
-        CleanConfig(LIMITS, hampel_half_window=0)
+        CleanConfig(LIMITS, hampel_k=3.0, hampel_half_window=0)
     with pytest.raises(ConfigError):
-        CleanConfig(LIMITS, t_min_ms=5, t_max_ms=5)
+        CleanConfig(LIMITS, **H3K3, t_min_ms=5, t_max_ms=5)
 
 
 # -- throughput -------------------------------------------------------------------------------------------
@@ -650,3 +653,19 @@ def test_throughput_on_a_million_realistic_rows(capsys):
         print(f"\nclean(): {rate:,.0f} rows/s (median of 5: {sorted(times)[2] * 1000:.0f} ms for {len(t):,} rows)")
     assert rep.rows_out + sum(rep.dropped.values()) == len(t)
     assert rate > 500_000       # far below the target, so that only a real regression fails here
+
+
+def test_defaults_are_the_documented_ones():
+    """11-sample windows and k = 5: on Gaussian noise alone h=3, k=3 replaces about 4.8 % of samples
+    (a 7-sample MAD is itself noisy), h=5, k=5 about 0.5 %, while single-sample spikes of many
+    sigma are still caught (measured, see BENCHMARKS.md)."""
+    cfg = CleanConfig(LIMITS)
+    assert (cfg.hampel_half_window, cfg.hampel_k) == (5, 5.0)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=200_000)
+    x[::1000] += 40.0   # spikes
+    repl, out = hampel_windows(x, 5, 5.0 * MAD_SCALE, 0.0)
+    spikes = np.zeros(len(x) - 10, bool)
+    spikes[(np.arange(0, len(x), 1000) - 5)[1:-1]] = True
+    assert out[spikes].all()
+    assert out[~spikes].mean() < 0.01
