@@ -2,8 +2,11 @@
 
 Starts the secure world as its own process (dropping to its own user when run as root), pairs the
 normal world with it, runs a traced challenge handshake, signs an EIP-191 message and verifies the
-signature with an independent Ethereum library, then checks the normal world's chain. State is
-kept under ./run, so a second `make run` reuses the same device key and pairing.
+signature with an independent Ethereum library, then checks the normal world's chain. Then the edge
+data path: a simulated robot streams its sensor MCU's frames over a TCP link, `aitn ingest` cleans
+and desensitizes them (pseudonyms from the secure world) and stores them as content-addressed
+batches, which are listed, inspected, verified and exported as a CAR. State is kept under ./run, so
+a second `make run` reuses the same device key and pairing and adds batches.
 """
 
 from __future__ import annotations
@@ -59,6 +62,46 @@ def ensure_tee_user() -> str | None:
         subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", TEE_USER],
                        check=True)
     return TEE_USER
+
+
+def data_path(home: Path, url: str, run_dir: Path) -> None:
+    step("8. a simulated robot streams its sensor MCU over a link (aitn sensor sim)")
+    rate, seconds = 2000, 8
+    print(f"$ aitn sensor sim --url tcp-listen://127.0.0.1:0 --rate {rate} --duration {seconds + 4}")
+    sim = subprocess.Popen([sys.executable, "-m", "agent", "sensor", "sim", "--url", "tcp-listen://127.0.0.1:0",
+                            "--rate", str(rate), "--duration", str(seconds + 4)], cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = sim.stdout.readline().strip() if sim.stdout else ""
+        if not line.startswith("listening "):
+            raise SystemExit(f"sensor simulator did not start: {line} {sim.stderr.read() if sim.stderr else ''}")
+        port = line.rsplit(":", 1)[1]
+        print(line)
+
+        step("9. ingest: link -> spool -> clean -> desensitize (policies/default.toml) -> stored batches")
+        policy = ROOT / "policies" / "default.toml"
+        aitn("ingest", "--url", f"socket://127.0.0.1:{port}", "--policy", str(policy), "--duration", str(seconds),
+             "--batch-records", "5000", home=home, url=url)
+    finally:
+        sim.terminate()
+        sim.wait(10)
+
+    step("10. what was stored, and every value cleaning or the policy dropped or changed")
+    listing = json.loads(aitn("data", "ls", "--json", home=home, url=url, show=False).stdout)["datasets"]
+    aitn("data", "ls", home=home, url=url)
+    aitn("data", "report", home=home, url=url)
+    last = listing[-1]["root"]
+    step("11. one batch as it would leave the device: pseudonyms, generalized positions, no raw identifier")
+    aitn("data", "show", last, "--rows", "4", home=home, url=url)
+    step("12. its aggregates with calibrated noise, paid from the persisted privacy budget")
+    aitn("data", "aggregates", last, "--policy", str(policy), home=home, url=url)
+    step("13. re-hash every block; export the batch as a CAR that `ipfs dag import` accepts")
+    aitn("data", "verify", home=home, url=url)
+    car = run_dir / f"{last}.car"
+    res = subprocess.run([sys.executable, "-m", "agent", "--home", str(home), "data", "export", last],
+                         capture_output=True, cwd=ROOT, check=True)
+    car.write_bytes(res.stdout)
+    print(f"$ aitn data export {last} > {car}\nwrote {len(res.stdout)} bytes")
 
 
 def main() -> None:
@@ -128,6 +171,8 @@ def main() -> None:
         step("7. the normal world's copy of the private chain")
         aitn("chain", "verify", home=home, url=url)
         aitn("chain", "show", "--tail", "4", home=home, url=url)
+
+        data_path(home, url, run_dir)
     finally:
         tee.terminate()
         try:
@@ -137,8 +182,8 @@ def main() -> None:
     step(f"secure UART (last lines of {log})")
     lines = log.read_text().splitlines() if log.exists() else []
     print("\n".join(lines[-8:]))
-    print(f"\ndone: device {ident['address']} signed through the challenge handshake; "
-          f"run `make test` for the full suite")
+    print(f"\ndone: device {ident['address']} signed through the challenge handshake and stored "
+          f"desensitized sensor batches; run `make test` for the full suite")
     if shutil.which("cast"):
         print(f"(foundry: cast wallet verify --address {ident['address']} '{message}' {signed['signature']})")
 
