@@ -21,10 +21,10 @@ run: $(STAMP)
 	$(PY) scripts/demo.py
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n auto -m "not slow"
 
 # The arm64 guest under QEMU (needs root for apt's arm64 packages and the network namespace).
 qemu-guest: $(STAMP)
@@ -35,6 +35,8 @@ qemu-test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/handshake.py
+	$(PY) bench/datapath.py
+	$(PY) bench/cid.py
 
 clean:
 	rm -rf run build .pytest_cache .hypothesis

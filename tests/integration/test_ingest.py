@@ -79,6 +79,17 @@ def test_ingest_stores_only_desensitized_batches_and_counts_add_up(tee, home, pa
     assert rep["privacy"]["rows_out"] == stored
     assert sum(rep["link"]["corrupt"].values()) > 0 and sent["records"] == 9000   # the sim's line noise was seen
 
+    # Released aggregates are paid from the persisted budget; an exhausted budget refuses, every time.
+    small = home.parent / "small-budget.toml"
+    small.write_text(POLICY.read_text().replace("epsilon_total = 10.0", "epsilon_total = 1.0"))
+    root = tables[0][0].root
+    for _ in range(2):
+        rel = json.loads(cli("data", "aggregates", root, "--policy", str(small), "--json", home=home).stdout)
+        assert rel["epsilon"] == 0.5 and rel["values"]["count.IMU"]["mechanism"] == "laplace"
+    for _ in range(2):
+        res = cli("data", "aggregates", root, "--policy", str(small), home=home, check=False)
+        assert res.returncode == 42 and "budget" in res.stderr and res.stdout == ""
+
 
 def _permissive_policy(path: Path) -> Path:
     """The default policy without zones and keeping rows before the first fix: every cleaned row is stored."""

@@ -115,8 +115,8 @@ def _sub(old: str, new: str):
     (_sub('ledger = "privacy/budget.json"', 'ledger = ""'), "[budget].ledger: must not be empty"),
     (_sub("epsilon = 0.5", "epsilon = 11.0"), "[release].epsilon: 11.0 must be <= 10.0"),
     (_sub('mechanism = "laplace"', 'mechanism = "gaussian"'), "[release]: the Gaussian mechanism needs 0 < delta"),
-    (_sub("battery_v = [0.0, 60.0]", "battery_v = [60.0, 0.0]"), "[release]: battery_v bounds"),
-    (_sub("battery_v = [0.0, 60.0]", "battery_v = 60.0"), "[release].battery_v: expected [min, max]"),
+    (_sub("battery_v = [6.0, 8.5]", "battery_v = [8.5, 6.0]"), "[release]: battery_v bounds"),
+    (_sub("battery_v = [6.0, 8.5]", "battery_v = 60.0"), "[release].battery_v: expected [min, max]"),
     (_sub("delta = 0.0\n", "delta = 0.1\n"), "[release].delta: 0.1 must be <= 0.0"),
 ])
 def test_bad_files_are_refused_with_file_and_key(tmp_path, mutate, message):
