@@ -59,6 +59,8 @@ DOORS = {
     "serial": {"tee_sim/server.py", "tee_sim/log.py", "tee_sim/__main__.py", "agent/tee/client.py",
               "agent/ingest/reader.py"},
     "Crypto": {"tee_sim/abi/digests.py"},
+    "ai_edge_litert": {"agent/train/runtime.py"},
+    "tflite_runtime": {"agent/train/runtime.py"},
 }
 
 
