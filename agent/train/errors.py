@@ -35,3 +35,21 @@ class FeatureError(TrainError):
     """Feature extraction asked for something the table cannot give (bad window size, wrong columns)."""
 
     exit_code = 64
+
+
+class TrainDataError(TrainError):
+    """Training data the round cannot use: no samples, wrong shapes, labels out of range, non-finite values."""
+
+    exit_code = 65
+
+
+class LdpUnavailable(TrainError):
+    """Local DP asked for but dp-accounting (the `ldp` extra) is not installed: nothing is trained or sent."""
+
+    exit_code = 66
+
+
+class LdpLedgerError(TrainError):
+    """The local-DP ledger cannot be read or is malformed: privacy spent so far is unknown, so nothing is sent."""
+
+    exit_code = 67

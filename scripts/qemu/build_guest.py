@@ -144,7 +144,7 @@ def kernel_package() -> str:
 
 #: Test extras the guest does without: river is there only for the Shuttle data file it ships, and
 #: would bring scipy (over 100 MB of RAM in an initramfs); the tests that read it skip, saying so.
-NOT_IN_GUEST = ("river",)
+NOT_IN_GUEST = ("river", "dp-accounting")  # too big for the initramfs (dp-accounting pulls scipy)
 
 
 def requirements() -> list[str]:
