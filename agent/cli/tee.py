@@ -1,0 +1,197 @@
+"""`aitn tee ...`, `identity`, `sign`, `chain`: the secure world and the private chain."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from tee_sim.abi import digests
+from tee_sim.abi.ids import Cmd
+
+from ..config import Globals
+from ..errors import AgentError
+from ..tee import handshake
+from ..tee.chainlog import ChainLog
+from ..tee.client import TraceEvent
+from ..tee.pairing import pair
+from ..tee.session import CHAIN_FILE, ChainedSession
+from ..tee.trace import format_event
+from .common import _hex, _identity, _print, _unchained, verify_and_address
+
+
+def cmd_tee_serve(g: Globals, args: argparse.Namespace) -> int:
+    """Become the secure world's process (a separate program: the normal world imports only its ABI)."""
+    argv = [sys.executable, "-m", "tee_sim", "serve", "--state", args.state, "--tee", g.tee,
+            "--log", args.log, "--log-level", str(args.log_level), "--lockout-base", str(args.lockout_base)]
+    if args.user:
+        argv += ["--user", args.user]
+    for uid in args.allow_uid or []:
+        argv += ["--allow-uid", str(uid)]
+    if args.board_serial:
+        argv += ["--board-serial", args.board_serial]
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)
+    return 1  # not reached
+
+
+def cmd_tee_pair(g: Globals, args: argparse.Namespace) -> int:
+    p = pair(g.tee, g.home, args.time_lock, g.timeout)
+    addr = digests.checksum_address(p.address)
+    obj = {"pairing_id": p.pairing_id.hex(), "timelock": p.timelock, "address": addr,
+           "created_key": p.created_key, "archived_chain": str(p.archived) if p.archived else None}
+    text = f"paired with the secure world: pairing {p.pairing_id.hex()}, time-lock {p.timelock}, device {addr}"
+    if p.created_key:
+        text += "\ncreated the device key"
+    if p.archived:
+        text += f"\nprevious chain kept as {p.archived}"
+    _print(args, obj, text)
+    return 0
+
+
+def cmd_tee_status(g: Globals, args: argparse.Namespace) -> int:
+    st = json.loads(_unchained(g, Cmd.STATUS, (None, 4096, None, None)).params[1])
+    chain_path = g.home / CHAIN_FILE
+    st["normal_world"] = {"home": str(g.home), "chain": chain_path.exists()}
+    if chain_path.exists():
+        try:
+            with ChainLog.open(chain_path) as c:
+                st["normal_world"].update({"height": c.head.height, "pairing_id": c.pairing_id.hex(),
+                                           "dropped_torn_records": c.dropped})
+        except AgentError as e:
+            st["normal_world"]["error"] = str(e)
+    lines = [f"secure world {g.tee}: TA {st['ta_uuid']} v{st['ta_version']}",
+             f"  device key: {st['address'] or 'none'}",
+             f"  paired: {st['paired']}" + (f" (pairing {st['pairing_id']}, committed height "
+                                            f"{st['committed_height']}, time-lock {st['timelock']})"
+                                            if st['paired'] else ""),
+             f"  failed proofs in a row: {st.get('failures', 0)}; lockout: {st['lockout_seconds']} s",
+             f"  counters: {st['counters']}"]
+    if st["state_error"]:
+        lines.append(f"  STATE ERROR: {st['state_error']}")
+    nw = st["normal_world"]
+    lines.append(f"normal world {nw['home']}: " + (f"chain height {nw['height']}" if "height" in nw else
+                                                   nw.get("error", "no chain (not paired)")))
+    _print(args, st, "\n".join(lines))
+    return 2 if st["state_error"] else 0
+
+
+def cmd_tee_handshake(g: Globals, args: argparse.Namespace) -> int:
+    events: list[TraceEvent] = []
+    digest = bytes.fromhex(args.digest.removeprefix("0x")) if args.digest else os.urandom(32)
+    t0 = time.perf_counter()
+    with ChainedSession.open(g.tee, g.home, timeout=g.timeout, trace=events.append) as s:
+        signed = handshake.sign_digest(s, digest)
+        total = time.perf_counter() - t0
+        steps = list(s.steps)
+    address = verify_and_address(g, signed.digest, signed.signature)
+    obj = {"digest": _hex(signed.digest), "signature": _hex(signed.signature), "address": address,
+           "height": signed.height, "total_ms": round(total * 1e3, 3),
+           "steps": [{"step": k, "ms": round(v * 1e3, 3)} for k, v in steps]}
+    lines = []
+    if args.trace:
+        base = events[0].t if events else t0
+        for ev in events:
+            lines += format_event(ev, base)
+        obj["frames"] = [{"t_ms": round((e.t - base) * 1e3, 3), "outbound": e.outbound, "hex": e.raw.hex()}
+                         for e in events]
+    lines += [f"  {k:<18} {v * 1e3:8.3f} ms" for k, v in steps]
+    lines += [f"handshake ok in {total * 1e3:.3f} ms: digest {_hex(signed.digest)}",
+              f"signature {_hex(signed.signature)}", f"signer {address} (chain height {signed.height})"]
+    _print(args, obj, "\n".join(lines))
+    return 0
+
+
+def cmd_identity_show(g: Globals, args: argparse.Namespace) -> int:
+    public_key, address = _identity(g)
+    checksum = digests.checksum_address(address)
+    _print(args, {"address": checksum, "public_key": _hex(public_key)},
+           f"address    {checksum}\npublic key {_hex(public_key)}")
+    return 0
+
+
+def cmd_sign(g: Globals, args: argparse.Namespace) -> int:
+    with ChainedSession.open(g.tee, g.home, timeout=g.timeout) as s:
+        if args.message is not None:
+            signed = handshake.sign_message(s, args.message.encode())
+        else:
+            signed = handshake.sign_digest(s, bytes.fromhex(args.digest.removeprefix("0x")))
+    address = verify_and_address(g, signed.digest, signed.signature)
+    obj = {"address": address, "signature": _hex(signed.signature), "digest": _hex(signed.digest)}
+    if args.message is not None:
+        obj["message"] = args.message
+    _print(args, obj, f"{_hex(signed.signature)}\nsigned by {address}")
+    return 0
+
+
+def cmd_chain_verify(g: Globals, args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    with ChainLog.open(g.home / CHAIN_FILE) as c:
+        n = c.verify()
+        obj = {"blocks": n, "head_height": c.head.height, "pairing_id": c.pairing_id.hex(), "timelock": c.timelock,
+               "dropped_torn_records": c.dropped, "seconds": round(time.perf_counter() - t0, 3)}
+    _print(args, obj, f"chain ok: {n} blocks verified (head {obj['head_height']}, time-lock {obj['timelock']})"
+           + (f"; dropped {obj['dropped_torn_records']} torn records at open" if obj["dropped_torn_records"] else ""))
+    return 0
+
+
+def cmd_chain_show(g: Globals, args: argparse.Namespace) -> int:
+    # Block hashes are the pairing's secret: only an 8-hex-digit prefix is ever shown.
+    with ChainLog.open(g.home / CHAIN_FILE) as c:
+        start = max(0, c.head.height - args.tail + 1)
+        rows = [{"height": r.height, "direction": "NW->SW" if r.direction == 0 else "SW->NW",
+                 "command": Cmd(r.command).name if r.command in Cmd._value2member_map_ else r.command,
+                 "body_digest": r.body_digest.hex(), "hash_prefix": r.hash.hex()[:8]}
+                for r in c.records(start)]
+    text = "\n".join(f"{r['height']:>8}  {r['direction']}  {str(r['command']):<10} body {r['body_digest'][:16]}.."
+                     f"  hash {r['hash_prefix']}.." for r in rows)
+    _print(args, {"blocks": rows}, text)
+    return 0
+
+
+def add_parsers(sub, json_flag) -> None:
+    tee_p = sub.add_parser("tee", help="the secure world").add_subparsers(dest="cmd", required=True)
+    p = tee_p.add_parser("serve", help="run the secure world (same as python -m tee_sim serve)")
+    p.add_argument("--state", required=True)
+    p.add_argument("--user")
+    p.add_argument("--allow-uid", type=int, action="append")
+    p.add_argument("--log", default="-")
+    p.add_argument("--log-level", type=int, default=2, choices=range(5))
+    p.add_argument("--board-serial")
+    p.add_argument("--lockout-base", type=float, default=1.0)
+    p.set_defaults(func=cmd_tee_serve)
+    p = tee_p.add_parser("pair", help="pair the worlds (creates the device key on first use)")
+    p.add_argument("--time-lock", type=int, default=0, help="time-lock iterations per block (0: default)")
+    json_flag(p)
+    p.set_defaults(func=cmd_tee_pair)
+    p = tee_p.add_parser("status", help="secure-world status and counters, and the normal world's chain")
+    json_flag(p)
+    p.set_defaults(func=cmd_tee_status)
+    p = tee_p.add_parser("handshake", help="run one SIGN/CHALLENGE/PROOF handshake")
+    p.add_argument("--trace", action="store_true", help="print every frame as hex and decoded fields")
+    p.add_argument("--digest", help="32-byte hex digest to sign (default: random)")
+    json_flag(p)
+    p.set_defaults(func=cmd_tee_handshake)
+
+    id_p = sub.add_parser("identity", help="the device identity").add_subparsers(dest="cmd", required=True)
+    p = id_p.add_parser("show", help="EVM address and public key of the device key")
+    json_flag(p)
+    p.set_defaults(func=cmd_identity_show)
+
+    p = sub.add_parser("sign", help="sign through the handshake (EIP-191 message or raw digest)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--message", help="text to sign as an EIP-191 personal message")
+    what.add_argument("--digest", help="32-byte hex digest to sign as is")
+    json_flag(p)
+    p.set_defaults(func=cmd_sign)
+    ch_p = sub.add_parser("chain", help="the normal world's copy of the private chain").add_subparsers(
+        dest="cmd", required=True)
+    p = ch_p.add_parser("verify", help="recompute every block from genesis")
+    json_flag(p)
+    p.set_defaults(func=cmd_chain_verify)
+    p = ch_p.add_parser("show", help="the last blocks")
+    p.add_argument("--tail", type=int, default=10)
+    json_flag(p)
+    p.set_defaults(func=cmd_chain_show)
