@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,19 @@ settings.register_profile("emulated", deadline=None, max_examples=10)
 EMULATED_SHARE = 10
 
 
+#: ai-edge-litert 2.3.0's aarch64 wheel segfaults in the interpreter when a model's train signature
+#: runs (infer, parameters and restore work), with or without XNNPACK: found in the arm64 guest.
+#: Until that is resolved those tests are reported as expected failures there, not run (a
+#: segfault would take the test worker down with it).
+LITERT_TRAIN_ARM64 = ("ai-edge-litert 2.3.0 segfaults running a train signature on aarch64 "
+                      "(docs/qemu.md, known problems)")
+
+
 def pytest_collection_modifyitems(config, items):
+    if platform.machine() in ("aarch64", "arm64"):
+        for item in items:
+            if item.get_closest_marker("litert_train"):
+                item.add_marker(pytest.mark.xfail(run=False, reason=LITERT_TRAIN_ARM64))
     if config.getoption("hypothesis_profile", None) != "emulated":
         return
     for item in items:

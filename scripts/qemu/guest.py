@@ -82,7 +82,8 @@ class Guest:
         overlay = project_overlay(self.workdir / "project.cpio")
         initrd = self.workdir / "initrd.cpio"
         with open(initrd, "wb") as out:
-            for part in (self.image / "base.cpio", overlay):
+            base = "base-small.cpio" if self.machine == "raspi3b" else "base.cpio"   # see SMALL_BOARD_OMITS
+            for part in (self.image / base, overlay):
                 with open(part, "rb") as src:
                     shutil.copyfileobj(src, out, 1 << 20)
         t0 = time.monotonic()

@@ -13,6 +13,8 @@ from agent.train.runtime import Model
 
 from support.datasets import shuttle16 as load_shuttle16
 
+pytestmark = pytest.mark.litert_train
+
 
 @pytest.fixture(scope="module")
 def shuttle16():

@@ -149,6 +149,7 @@ def test_set_weights_checks_count_and_shapes():
 
 
 @pytest.mark.parametrize("key", KEYS)
+@pytest.mark.litert_train
 def test_one_train_step_equals_the_numpy_reference(key):
     spec = MANIFEST[key]
     m = Model.load(spec.name, spec.width)

@@ -17,6 +17,8 @@ import pytest
 
 from agent.train.runtime import Model
 
+pytestmark = pytest.mark.litert_train
+
 
 def _shuttle() -> tuple[np.ndarray, np.ndarray]:
     spec = importlib.util.find_spec("river")

@@ -33,6 +33,7 @@ def test_manifest_widths_are_leading_slices_of_the_full_model(name, width):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.litert_train
 def test_update_lands_on_the_right_slices():
     spec_full, spec_sub = MANIFEST["activity-w1"], MANIFEST["activity-w0.25"]
     sub = Model.load("activity", 0.25)
