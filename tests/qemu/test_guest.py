@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import sys
+import re
 import time
 
 import pytest
@@ -100,4 +101,5 @@ def test_unit_tests_pass_in_the_guest(guest, guest_figures):
     figures["unit_tests_s"] = round(time.monotonic() - t0, 1)
     tail = out.strip().splitlines()[-1] if out.strip() else ""
     figures["unit_tests_result"] = tail
-    assert rc == 0 and " passed" in tail and "failed" not in tail and "error" not in tail, out
+    # "N xfailed" (the litert_train tests on aarch64) is fine; "N failed" or "N error(s)" is not.
+    assert rc == 0 and " passed" in tail and not re.search(r"\b\d+ (failed|errors?)\b", tail), out
