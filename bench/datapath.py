@@ -32,7 +32,8 @@ from agent.ingest.sim import SimConfig, TelemetrySim  # noqa: E402
 from agent.privacy import policy as policy_mod  # noqa: E402
 from agent.privacy.apply import desensitize  # noqa: E402
 from agent.records.build import TableBuilder  # noqa: E402
-from agent.records.clean import CleanConfig, CleanState, clean  # noqa: E402
+from agent.records.clean import CleanConfig, clean  # noqa: E402
+from agent.records.clean_state import CleanState  # noqa: E402
 from tee_sim.keys import pseudonym  # noqa: E402
 
 START_MS = 1_790_000_000_000

@@ -94,7 +94,7 @@ def cmd_ingest(g: Globals, args: argparse.Namespace) -> int:
 def cmd_data_report(g: Globals, args: argparse.Namespace) -> int:
     """Every dropped or changed value by reason, summed over all batches (link, cleaning, privacy)."""
     from ..ingest.pipeline import report
-    from ..records.clean import CleanReport, format_report
+    from ..records.clean_state import CleanReport, format_report
 
     rep = report(g.home, _datasets(g))
     lines = [f"{rep['batches']} batches", "link:"]

@@ -29,7 +29,8 @@ from typing import Any, Callable
 from ..fsio import write_atomic
 from ..records import batch as batchfmt
 from ..records.build import TableBuilder
-from ..records.clean import CleanConfig, CleanReport, CleanState, clean
+from ..records.clean import CleanConfig, clean
+from ..records.clean_state import CleanReport, CleanState
 from ..privacy.apply import desensitize
 from ..privacy.policy import Policy
 from ..store.datasets import DatasetStore, Manifest

@@ -18,7 +18,8 @@ from agent.privacy import policy as policy_mod
 from agent.privacy.apply import desensitize
 from agent.records import batch as batchfmt
 from agent.records.build import TableBuilder
-from agent.records.clean import CleanConfig, CleanState, clean
+from agent.records.clean import CleanConfig, clean
+from agent.records.clean_state import CleanState
 from agent.records.schema import Table
 from agent.store.datasets import DatasetStore, Manifest
 from tee_sim.keys import pseudonym

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -17,35 +16,11 @@ from hypothesis import strategies as st
 
 from agent.ingest.frames import (CrcError, Duplicate, Frame, FrameDecoder, Gap, PayloadError, RecordType,
                                  Restart, encode_record)
+from agent.ingest.reader import Dropped, LinkDown, LinkUp, Received
 from agent.records.build import Clock, TableBuilder
 from agent.records.schema import FLAG_GAP_BEFORE, MAX_MOTORS, SCHEMA_VERSION, Table, check_types
 
 T0 = 1_700_000_000_000  # a wall-clock Unix ms
-
-
-@dataclass(frozen=True)
-class Dropped:
-    frames: object
-    first_seq: int
-    last_seq: int
-    other_events: object
-
-
-@dataclass(frozen=True)
-class LinkDown:
-    reason: str
-    truncated_bytes: int
-
-
-@dataclass(frozen=True)
-class LinkUp:
-    url: str
-
-
-@dataclass(frozen=True)
-class Received:
-    event: object
-    recv_ms: int
 
 
 def frame(rtype: RecordType, seq: int, **fields) -> Frame:

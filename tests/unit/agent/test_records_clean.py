@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from agent.config import Limits, Range
 from agent.errors import ConfigError
 from agent.ingest.frames import RecordType as RT
-from agent.records.clean import MAD_SCALE, CleanConfig, CleanReport, CleanState, clean, format_report
+from agent.records.clean import MAD_SCALE, CleanConfig, clean
+from agent.records.clean_state import CleanReport, CleanState, format_report
 from agent.records.hampel import hampel_windows, sorting_network, wrap180
 from agent.records.schema import COLUMNS, FLAG_GAP_BEFORE, FLAG_REPLACED, SchemaError, Table
 
