@@ -11,9 +11,9 @@ import sys
 
 from .. import __version__, config
 from ..errors import AgentError
-from . import board, data, sensor, tee, train
+from . import board, data, node, sensor, tee, train, uplink
 
-GROUPS = (tee, data, train, board, sensor)
+GROUPS = (tee, data, train, uplink, node, board, sensor)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,7 +47,8 @@ KERNEL_META = "linux-image-arm64"
 #: Kernel modules loaded by /init (virtio network for the uplink to the host, entropy for the keys).
 MODULES = ["virtio_pci", "virtio_net", "virtio_rng", "af_packet"]
 PLATFORMS = ["manylinux_2_17_aarch64", "manylinux2014_aarch64", "manylinux_2_24_aarch64",
-             "manylinux_2_27_aarch64", "manylinux_2_28_aarch64", "linux_aarch64"]
+             "manylinux_2_27_aarch64", "manylinux_2_28_aarch64", "manylinux_2_34_aarch64",  # lakers (OSCORE)
+             "linux_aarch64"]
 #: Guest users: the secure world and the normal world run as two users, as on a board.
 USERS = [("root", 0, "/root"), ("aitn-tee", 900, "/var/lib/aitn-tee"), ("aitn", 901, "/var/lib/aitn"),
          ("nobody", 65534, "/nonexistent")]

@@ -1,0 +1,40 @@
+"""`aitn node serve`: this device as its group's node (aiocoap server, rounds, aggregation)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from pathlib import Path
+
+from ..config import Globals
+
+
+def cmd_node_serve(g: Globals, args: argparse.Namespace) -> int:
+    from ..node.rounds import RoundConfig
+    from ..node.server import parse_listen, serve
+
+    listen = parse_listen(args.listen)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = RoundConfig(model=args.model, width=args.width, min_updates=args.min_updates,
+                      round_seconds=args.round_seconds, max_norm=args.max_norm)
+    folder = args.state if args.state else g.home / "node"
+
+    def ready(service) -> None:
+        print(f"node 0x{service.key.address.hex()} listening on {listen[0]}:{listen[1]}", flush=True)
+
+    asyncio.run(serve(folder, listen, cfg, board=g.board.name if g.board else "", ready=ready))
+    return 0
+
+
+def add_parsers(sub, json_flag) -> None:
+    n = sub.add_parser("node", help="run this device as its group's node").add_subparsers(dest="cmd", required=True)
+    p = n.add_parser("serve", help="serve enrollment, rounds, the global model and uploads over CoAP")
+    p.add_argument("--listen", default="0.0.0.0:5683", metavar="HOST:PORT")
+    p.add_argument("--state", type=Path, help="node state folder (default: HOME/node)")
+    p.add_argument("--model", choices=("activity", "anomaly"), default="activity")
+    p.add_argument("--width", type=float, choices=(1.0, 0.5, 0.25), default=1.0)
+    p.add_argument("--min-updates", type=int, default=3, help="updates that close a round")
+    p.add_argument("--round-seconds", type=float, default=300.0, help="a round's deadline")
+    p.add_argument("--max-norm", type=float, default=100.0, help="updates with a larger L2 norm are refused")
+    p.set_defaults(func=cmd_node_serve)

@@ -1,0 +1,185 @@
+"""`aitn uplink ...` and `aitn status`: enrollment, the outbox, sending to the node."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from ..config import Globals
+from .common import _datasets, _identity, _print
+
+DEFAULT_OUTBOX_QUOTA = 64 << 20
+
+
+def _outbox(g: Globals, quota: int = DEFAULT_OUTBOX_QUOTA):
+    from ..uplink.outbox import Outbox
+
+    return Outbox(g.home / "uplink" / "outbox", quota)
+
+
+def _link_cfg(args: argparse.Namespace):
+    from ..uplink.link import LinkConfig
+
+    return LinkConfig(ack_timeout=args.ack_timeout, max_retransmit=args.max_retransmit)
+
+
+def fixed_capacity(g: Globals) -> float:
+    """Cores x max MHz relative to a Pi 4 (4 x 1800 MHz = 1.0); 1.0 without a board file."""
+    if g.board is None:
+        return 1.0
+    hw = g.board.hardware
+    return round(hw.cpu_cores * hw.cpu_max_mhz / 7200.0, 4)
+
+
+def _signer(session):
+    from ..tee import handshake
+
+    return lambda digest: handshake.sign_digest(session, digest).signature
+
+
+def cmd_enroll(g: Globals, args: argparse.Namespace) -> int:
+    from ..tee.session import ChainedSession
+    from ..uplink.enroll import enroll
+
+    pub, dev = _identity(g)
+    capacity = args.capacity if args.capacity is not None else fixed_capacity(g)
+    pin = bytes.fromhex(args.node_address.removeprefix("0x")) if args.node_address else None
+    with ChainedSession.open(g.tee, g.home, timeout=g.timeout) as s:
+        rec = asyncio.run(enroll(g.home, args.node, dev=dev, pub=pub, board=g.board.name if g.board else "",
+                                 capacity=capacity, sign=_signer(s), node_address=pin, cfg=_link_cfg(args)))
+    _print(args, rec, f"enrolled with node 0x{rec['node']} at {rec['uri']} (OSCORE sender id {rec['sid']})")
+    return 0
+
+
+def _enqueue(g: Globals, kind: str, payload: dict) -> int:
+    from ..tee.session import ChainedSession
+    from ..uplink import items
+
+    _, dev = _identity(g)
+    with ChainedSession.open(g.tee, g.home, timeout=g.timeout) as s:
+        sign = _signer(s)
+        item = _outbox(g).put(kind, lambda seq: items.envelope(kind, payload, dev=dev, seq=seq, sign=sign))
+    return item.seq
+
+
+def cmd_queue_update(g: Globals, args: argparse.Namespace) -> int:
+    """Queue an update file written by `aitn train` (its JSON sidecar says model, width, samples, base)."""
+    from ..train import weights as weights_codec
+    from ..train.client import initial_weights
+    from ..uplink import items
+
+    path = Path(args.file)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    if meta["global"] == "initial":
+        base = hashlib.sha256(weights_codec.encode(initial_weights(meta["model"], meta["width"]))).digest()
+    else:
+        base = hashlib.sha256(Path(meta["global"]).read_bytes()).digest()
+    payload = items.update_payload(path.read_bytes(), round_id=args.round, model=meta["model"], base=base,
+                                   width=meta["width"], samples=meta["samples"])
+    seq = _enqueue(g, "update", payload)
+    _print(args, {"seq": seq, "bytes": len(payload["data"])}, f"queued update as item {seq}")
+    return 0
+
+
+def cmd_queue_manifests(g: Globals, args: argparse.Namespace) -> int:
+    """Queue one manifest item per stored dataset not yet sent, then mark them sent."""
+    store = _datasets(g)
+    queued = []
+    for m in store.manifests():
+        if m.uplink != "pending":
+            continue
+        seq = _enqueue(g, "manifest", {"cids": [m.root], "records": m.records, "bytes": m.compressed_bytes,
+                                       "policy": m.policy})
+        store.mark(m.root, "sent")
+        queued.append({"root": m.root, "seq": seq})
+    _print(args, {"queued": queued}, f"queued {len(queued)} manifest(s)")
+    return 0
+
+
+def cmd_send(g: Globals, args: argparse.Namespace) -> int:
+    from ..store.datasets import DatasetError
+    from ..uplink import messages
+    from ..uplink.link import NodeLink
+    from ..uplink.sender import Backoff, drain
+
+    outbox = _outbox(g)
+    store = _datasets(g)
+
+    def on_ack(item, ack) -> None:
+        if item.kind == "manifest":   # the node has the manifest: the dataset may be evicted when space runs out
+            _env, payload = messages.parse_item(item.body)
+            for root in payload["cids"]:
+                try:
+                    store.mark(root, "acked")
+                except DatasetError:
+                    pass  # removed here since it was queued: nothing left to mark
+
+    async def run():
+        link = await NodeLink.open(g.home, cfg=_link_cfg(args))
+        try:
+            return await drain(outbox, link, backoff=Backoff(args.backoff, args.backoff_cap),
+                               until_empty=not args.forever, max_failures=args.max_failures, on_ack=on_ack)
+        finally:
+            await link.close()
+
+    t0 = time.perf_counter()
+    stats = asyncio.run(run())
+    obj = {"sent": stats.sent, "acks": stats.acks, "rejected": stats.rejected, "retries": stats.retries,
+           "seconds": round(time.perf_counter() - t0, 3), "outbox": outbox.stats()}
+    _print(args, obj, f"sent {stats.sent} item(s) {stats.acks}, {stats.rejected} rejected, {stats.retries} retries")
+    return 0
+
+
+def cmd_status(g: Globals, args: argparse.Namespace) -> int:
+    from ..uplink.link import read_node
+
+    node = read_node(g.home)
+    ob = _outbox(g).stats()
+    obj = {"home": str(g.home), "node": node, "outbox": ob}
+    kinds = ", ".join(f"{k} {v['items']}" for k, v in ob["by_kind"].items()) or "empty"
+    text = [f"node: {'0x' + node['node'] + ' at ' + node['uri'] if node else 'not enrolled'}",
+            f"outbox: {ob['items']} item(s), {ob['bytes']} of {ob['quota']} bytes ({kinds}); "
+            f"dropped {ob['dropped']}; rejected {ob.get('rejected', 0)}; quarantined {ob['quarantined']}"]
+    _print(args, obj, "\n".join(text))
+    return 0
+
+
+def _link_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ack-timeout", type=float, default=2.0, help="CoAP ACK_TIMEOUT seconds (RFC 7252: 2)")
+    p.add_argument("--max-retransmit", type=int, default=4, help="CoAP MAX_RETRANSMIT (RFC 7252: 4)")
+
+
+def add_parsers(sub, json_flag) -> None:
+    u = sub.add_parser("uplink", help="enrollment with the node and the outbox")
+    u = u.add_subparsers(dest="cmd", required=True)
+    p = u.add_parser("enroll", help="enroll with a node: signed key exchange, OSCORE context")
+    p.add_argument("--node", required=True, metavar="URI", help="coap://HOST:PORT")
+    p.add_argument("--node-address", metavar="0x..", help="the node's address to pin (default: trust on first use)")
+    p.add_argument("--capacity", type=float, help="fixed capacity (default: from the board's CPU)")
+    _link_flags(p)
+    json_flag(p)
+    p.set_defaults(func=cmd_enroll)
+    p = u.add_parser("queue-update", help="sign an update from `aitn train` and put it in the outbox")
+    p.add_argument("file")
+    p.add_argument("--round", type=int, required=True, help="the node's round the update answers")
+    json_flag(p)
+    p.set_defaults(func=cmd_queue_update)
+    p = u.add_parser("queue-manifests", help="sign the manifests of datasets not yet sent; put them in the outbox")
+    json_flag(p)
+    p.set_defaults(func=cmd_queue_manifests)
+    p = u.add_parser("send", help="send the outbox to the node (until empty, or --forever)")
+    p.add_argument("--forever", action="store_true")
+    p.add_argument("--backoff", type=float, default=1.0, help="first retry delay, seconds")
+    p.add_argument("--backoff-cap", type=float, default=300.0, help="longest retry delay, seconds")
+    p.add_argument("--max-failures", type=int, help="give up after this many failures in a row")
+    _link_flags(p)
+    json_flag(p)
+    p.set_defaults(func=cmd_send)
+    p = sub.add_parser("status", help="enrollment and outbox state")
+    json_flag(p)
+    p.set_defaults(func=cmd_status)
+

@@ -1,0 +1,136 @@
+"""The node's CoAP resources (aiocoap). Application only: the wire is aiocoap's, the rules are service.py's.
+
+    /.well-known/core   CoRE Link Format list of the below (RFC 6690)
+    /enroll      POST   signed enrollment request -> signed answer with the node's key share
+    /round       GET    the current round (CBOR), observable
+    /model       GET    the current global weights (AITW), block-wise
+    /update      POST   a signed update item (block-wise), OSCORE only
+    /manifest    POST   a signed dataset-manifest item, OSCORE only
+    /report      POST   a signed work-utility report item, OSCORE only
+    /status      GET    JSON for operators
+
+Errors become CoAP errors with a diagnostic payload: unknown device 4.01, bad signature 4.03,
+malformed CBOR, schema violations, sequence conflicts and rejected updates 4.00.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import aiocoap
+from aiocoap import resource
+from aiocoap.numbers.contentformat import ContentFormat
+
+from ..uplink.errors import BadSignature, MessageError, SequenceConflict, UnknownDevice
+from .fedavg import UpdateRejected
+from .service import NodeService
+
+log = logging.getLogger("aitn.node")
+CBOR = ContentFormat.CBOR
+_ERRORS = ((UnknownDevice, aiocoap.UNAUTHORIZED), (BadSignature, aiocoap.FORBIDDEN),
+           (MessageError, aiocoap.BAD_REQUEST), (SequenceConflict, aiocoap.BAD_REQUEST),
+           (UpdateRejected, aiocoap.BAD_REQUEST))
+
+
+def _refuse(service: NodeService, e: Exception, kind: str) -> aiocoap.Message:
+    """Count the refusal and answer it: the error's code, its reason as the diagnostic payload."""
+    service.refused(e, kind)
+    return aiocoap.Message(code=_code_for(e), payload=str(e).encode()[:1024], content_format=ContentFormat.TEXT)
+
+
+def _oscore_sid(request) -> bytes | None:
+    """The OSCORE recipient id the request was protected with, or None for an unprotected request."""
+    ctx = getattr(request.remote, "security_context", None)
+    return None if ctx is None else ctx.recipient_id
+
+
+class Enroll(resource.Resource):
+    rt = "aitn.enroll"
+
+    def __init__(self, service: NodeService) -> None:
+        super().__init__()
+        self.service = service
+
+    async def render_post(self, request):
+        try:
+            answer = self.service.enroll(request.payload)
+        except tuple(e for e, _ in _ERRORS) as e:
+            return _refuse(self.service, e, "enroll")
+        return aiocoap.Message(code=aiocoap.CHANGED, payload=answer, content_format=CBOR)
+
+
+class RoundResource(resource.ObservableResource):
+    rt = "aitn.round"
+
+    def __init__(self, service: NodeService) -> None:
+        super().__init__()
+        self.service = service
+        service.rounds.listeners.append(lambda _r: self.updated_state())
+
+    async def render_get(self, request):
+        return aiocoap.Message(payload=self.service.round_message(_oscore_sid(request)), content_format=CBOR)
+
+
+class Model(resource.Resource):
+    rt = "aitn.model"
+
+    def __init__(self, service: NodeService) -> None:
+        super().__init__()
+        self.service = service
+
+    async def render_get(self, request):
+        return aiocoap.Message(payload=self.service.rounds.model_bytes(),
+                               content_format=ContentFormat.OCTETSTREAM)
+
+
+class Items(resource.Resource):
+    """POST of one signed item of ``kind``; answered 2.04 with CBOR {seq, status}."""
+
+    def __init__(self, service: NodeService, kind: str) -> None:
+        super().__init__()
+        self.service, self.kind = service, kind
+        self.rt = f"aitn.{kind}"
+
+    async def render_post(self, request):
+        sid = _oscore_sid(request)
+        if sid is None:
+            return _refuse(self.service, UnknownDevice("OSCORE required: enroll first, then send protected"),
+                           self.kind)
+        try:
+            answer = self.service.receive(self.kind, sid, request.payload)
+        except tuple(e for e, _ in _ERRORS) as e:
+            return _refuse(self.service, e, self.kind)
+        return aiocoap.Message(code=aiocoap.CHANGED, payload=answer, content_format=CBOR)
+
+
+class Status(resource.Resource):
+    rt = "aitn.status"
+
+    def __init__(self, service: NodeService) -> None:
+        super().__init__()
+        self.service = service
+
+    async def render_get(self, request):
+        return aiocoap.Message(payload=json.dumps(self.service.status(), sort_keys=True).encode(),
+                               content_format=ContentFormat.JSON)
+
+
+def _code_for(e: Exception):
+    for cls, code in _ERRORS:
+        if isinstance(e, cls):
+            return code
+    return aiocoap.INTERNAL_SERVER_ERROR
+
+
+def build_site(service: NodeService) -> resource.Site:
+    site = resource.Site()
+    site.add_resource([".well-known", "core"], resource.WKCResource(site.get_resources_as_linkheader,
+                                                                     impl_info=None))
+    site.add_resource(["enroll"], Enroll(service))
+    site.add_resource(["round"], RoundResource(service))
+    site.add_resource(["model"], Model(service))
+    for kind in ("update", "manifest", "report"):
+        site.add_resource([kind], Items(service, kind))
+    site.add_resource(["status"], Status(service))
+    return site

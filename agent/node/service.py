@@ -1,0 +1,153 @@
+"""The node's rules, apart from CoAP: enrollment, item acceptance and dedup, counters, status.
+
+Every item is checked in this order, and nothing is stored unless all pass: the OSCORE context names
+an enrolled device (else UnknownDevice), the envelope and payload follow their schemas
+(MessageError), the envelope's device is that device and the secure world's signature recovers its
+address (BadSignature), the (device, sequence number) pair is new, or was accepted with the same
+digest (then it is acknowledged again: exactly once), else SequenceConflict. Each refusal is
+counted durably under ``rejected.<kind>.<reason>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import MutableMapping
+
+import cbor2
+
+from tee_sim.abi.digests import address_of
+
+from ..signature import InvalidSignature, verify
+from ..uplink import messages
+from ..uplink.errors import BadSignature, MessageError, SequenceConflict, UnknownDevice
+from ..uplink.oscore_ctx import derive, load_context, write_context, x25519_keypair
+from .fedavg import UpdateRejected
+from .identity import NodeKey
+from .rounds import RoundConfig, Rounds
+from .state import Device, NodeState
+
+log = logging.getLogger("aitn.node")
+ENROLL_SKEW = 24 * 3600.0  # an enrollment request older or newer than this is refused (replayed request)
+
+
+class NodeService:
+    def __init__(self, folder: Path, cfg: RoundConfig, credentials: MutableMapping, board: str = "") -> None:
+        """credentials: where enrolled devices' OSCORE contexts go (aiocoap's CredentialsMap, as server.py passes)."""
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (self.folder / "oscore").mkdir(exist_ok=True, mode=0o700)
+        self.board = board
+        self.key = NodeKey.load_or_create(self.folder)
+        self.state = NodeState(self.folder / "node.db")
+        self.rounds = Rounds(self.state, self.folder, cfg)
+        self.credentials = credentials
+        self.started = time.time()
+        for d in self.state.devices():
+            self._install(d)
+
+    def close(self) -> None:
+        for name in list(self.credentials):
+            self._uninstall(name)
+        self.state.close()
+
+    def _uninstall(self, name: str) -> None:
+        ctx = self.credentials.pop(name, None)
+        if ctx is not None and getattr(ctx, "lockfile", None) is not None:
+            ctx._destroy()   # persist its replay window and release its lock (aiocoap's own shutdown path)
+
+    def _install(self, d: Device) -> None:
+        self.credentials[f":{d.addr.hex()}"] = load_context(self.folder / "oscore" / d.ctx)
+
+    # -- enrollment --------------------------------------------------------------------------------
+
+    def enroll(self, data: bytes) -> bytes:
+        req = messages.decode("enroll", data)
+        digest = messages.enroll_digest(req)
+        try:
+            verify(digest, req["sig"], req["dev"])
+        except InvalidSignature as e:
+            raise BadSignature(f"enrollment signature: {e}") from None
+        if address_of(req["pub"]) != req["dev"]:
+            raise BadSignature("the public key is not the enrolled address's")
+        if abs(time.time() - req["t"]) > ENROLL_SKEW:
+            raise MessageError("more than a day away from the node's clock (replayed request?)", "enroll.t")
+        own, share = x25519_keypair()
+        try:
+            secret, salt = derive(own, req["x25519"], digest)
+        except ValueError as e:
+            raise MessageError(f"unusable key share: {e}", "enroll.x25519") from None
+        old = self.state.device(req["dev"])
+        sid = self.state.next_sid()
+        ctx = f"{req['dev'].hex()}.{sid.hex()}"
+        # node side: sender id empty, recipient id = the device's sender id
+        write_context(self.folder / "oscore" / ctx, b"", sid, secret, salt)
+        device = Device(req["dev"], req["pub"], req["board"], float(req["capacity"]), sid, ctx, time.time())
+        if old is not None:
+            self._uninstall(f":{old.addr.hex()}")
+        self.state.put_device(device)
+        self._install(device)
+        if old is not None:
+            shutil.rmtree(self.folder / "oscore" / old.ctx, ignore_errors=True)
+        self.state.bump("enrolled")
+        answer = {"v": messages.VERSION, "node": self.key.address, "x25519": share, "sid": sid, "rid": b""}
+        answer["sig"] = self.key.sign(messages.enrolled_digest(digest, answer))
+        log.info("enrolled 0x%s (board %s, capacity %g)", req["dev"].hex(), req["board"], req["capacity"])
+        return messages.encode("enrolled", answer)
+
+    # -- items -------------------------------------------------------------------------------------
+
+    def receive(self, kind: str, sid: bytes, data: bytes) -> bytes:
+        device = self.state.device_by_sid(sid)
+        if device is None:
+            raise UnknownDevice("no device is enrolled with this security context")
+        env, payload = messages.parse_item(data, kind)
+        if env["dev"] != device.addr:
+            raise BadSignature(f"item names device 0x{env['dev'].hex()}, the context is 0x{device.addr.hex()}'s")
+        digest = messages.item_digest(env["kind"], env["dev"], env["seq"], env["t"], env["body"])
+        try:
+            verify(digest, env["sig"], device.addr)
+        except InvalidSignature as e:
+            raise BadSignature(str(e)) from None
+        seen = self.state.accepted(device.addr, env["seq"])
+        if seen is not None:
+            if seen.digest != digest:
+                raise SequenceConflict(f"sequence number {env['seq']} was accepted with other content")
+            self.state.bump(f"duplicate.{kind}")
+            return cbor2.dumps({"seq": env["seq"], "status": "duplicate"})
+        if kind == "update":
+            outcome = self.rounds.accept(device.addr, env["seq"], digest, payload)
+            status = outcome.status
+        else:
+            status = "accepted"
+            self.state.accept(device.addr, env["seq"], kind, digest, status, payload=env["body"])
+        self.state.bump(f"accepted.{kind}")
+        return cbor2.dumps({"seq": env["seq"], "status": status})
+
+    def refused(self, e: Exception, kind: str) -> None:
+        """Count a refusal durably under rejected.<kind>.<reason>."""
+        reason = {UnknownDevice: "unknown_device", BadSignature: "bad_signature", MessageError: "schema",
+                  SequenceConflict: "seq_conflict"}.get(type(e), "")
+        if isinstance(e, UpdateRejected):
+            reason = f"update_{e.reason}"
+        self.state.bump(f"rejected.{kind}.{reason or type(e).__name__}")
+        log.warning("refused %s: %s", kind, e)
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def round_message(self, sid: bytes | None) -> bytes:
+        r = self.rounds.current
+        return messages.encode("round", {"round": r.id, "model": r.model, "hash": r.hash, "width": r.width,
+                                         "deadline": r.deadline, "min": r.min_updates, "accepted": r.updates})
+
+    def status(self) -> dict:
+        r = self.rounds.current
+        return {"node": "0x" + self.key.address.hex(), "board": self.board,
+                "uptime_s": round(time.time() - self.started, 1),
+                "devices": len(self.state.devices()),
+                "round": {"id": r.id, "model": r.model, "width": r.width, "hash": r.hash.hex(),
+                          "updates": r.updates, "samples": r.samples, "min_updates": r.min_updates,
+                          "deadline": r.deadline},
+                "counters": self.state.counters()}

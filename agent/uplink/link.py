@@ -1,0 +1,137 @@
+"""The device's CoAP link to its node (aiocoap client): enrollment, round, model, items.
+
+After enrollment every request to the node is OSCORE-protected with the device's context
+(HOME/uplink/oscore). Answers map to types: 2.xx returns, 4.01 raises UnknownDevice (enroll again),
+other 4.xx NodeRejected (the same bytes will never be accepted), 5.xx and no answer NodeUnreachable
+(retry later).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiocoap
+import cbor2
+from aiocoap.numbers.constants import TransportTuning
+from aiocoap.oscore import NotAProtectedMessage
+
+from ..fsio import write_atomic
+from . import messages
+from .errors import EnrollmentError, NodeRejected, NodeUnreachable, UnknownDevice
+from .oscore_ctx import load_context
+
+UPLINK_DIR = "uplink"
+NODE_FILE = "node.json"
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """CoAP transmission parameters. RFC 7252's defaults suit a lossy radio; a wired LAN can go faster."""
+
+    ack_timeout: float = 2.0
+    max_retransmit: int = 4
+    block_exp: int = 6          # block size 2 ** (4 + exp): 6 = 1024 bytes, the largest over UDP
+
+
+def tuning(cfg: LinkConfig) -> TransportTuning:
+    t = TransportTuning()
+    t.ACK_TIMEOUT = cfg.ack_timeout
+    t.MAX_RETRANSMIT = cfg.max_retransmit
+    t.DEFAULT_BLOCK_SIZE_EXP = cfg.block_exp
+    return t
+
+
+def uplink_dir(home: Path) -> Path:
+    return Path(home) / UPLINK_DIR
+
+
+def read_node(home: Path) -> dict | None:
+    """What enrollment recorded: {"uri", "node" (address hex), "sid", "enrolled"}; None before enrollment."""
+    try:
+        return json.loads((uplink_dir(home) / NODE_FILE).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def write_node(home: Path, record: dict) -> None:
+    write_atomic(uplink_dir(home) / NODE_FILE, json.dumps(record, sort_keys=True).encode())
+
+
+def _raise_for(resp: aiocoap.Message, what: str) -> None:
+    if resp.code.is_successful():
+        return
+    text = resp.payload.decode("utf-8", "replace")
+    if resp.code == aiocoap.UNAUTHORIZED:
+        raise UnknownDevice(f"{what}: node answered 4.01: {text}")
+    if int(resp.code) >> 5 == 4:  # class 4: the request itself is wrong
+        raise NodeRejected(f"{resp.code.dotted}", text)
+    raise NodeUnreachable(f"{what}: node answered {resp.code.dotted}: {text}")
+
+
+class NodeLink:
+    def __init__(self, ctx: aiocoap.Context, uri: str, cfg: LinkConfig, secctx=None) -> None:
+        self.ctx, self.uri, self.cfg, self.secctx = ctx, uri.rstrip("/"), cfg, secctx
+
+    @classmethod
+    async def open(cls, home: Path, uri: str | None = None, cfg: LinkConfig = LinkConfig(),
+                   protected: bool = True) -> "NodeLink":
+        """A link to the enrolled node (or to ``uri`` unprotected, for enrollment)."""
+        ctx = await aiocoap.Context.create_client_context()
+        secctx = None
+        if protected:
+            record = read_node(home)
+            if record is None:
+                await ctx.shutdown()
+                raise UnknownDevice("not enrolled: run `aitn uplink enroll --node coap://HOST:PORT`")
+            uri = uri or record["uri"]
+            secctx = load_context(uplink_dir(home) / "oscore")
+            ctx.client_credentials[uri.rstrip("/") + "/*"] = secctx
+        if uri is None:
+            await ctx.shutdown()
+            raise EnrollmentError("no node URI")
+        return cls(ctx, uri, cfg, secctx)
+
+    async def close(self) -> None:
+        await self.ctx.shutdown()
+        if self.secctx is not None:
+            self.secctx._destroy()   # persist the sequence number now and release the context's lock
+            self.secctx = None
+
+    async def request(self, code, path: str, payload: bytes = b"", what: str = "") -> aiocoap.Message:
+        msg = aiocoap.Message(code=code, uri=f"{self.uri}/{path}", payload=payload, transport_tuning=tuning(self.cfg))
+        try:
+            resp = await self.ctx.request(msg).response
+        except NotAProtectedMessage as e:
+            # The node answered in the clear: it could not find or use our context (4.01), or failed before
+            # OSCORE. Either way the answer is the node's word on the request, so it is raised as such.
+            _raise_for(e.plain_message, what or path)
+            raise NodeUnreachable(f"{what or path}: unprotected {e.plain_message.code.dotted} answer") from None
+        except aiocoap.error.Error as e:
+            raise NodeUnreachable(f"{what or path}: {type(e).__name__}: {e}") from None
+        except OSError as e:
+            raise NodeUnreachable(f"{what or path}: {e.strerror or e}") from None
+        _raise_for(resp, what or path)
+        return resp
+
+    async def post(self, path: str, payload: bytes) -> bytes:
+        return (await self.request(aiocoap.POST, path, payload)).payload
+
+    async def round(self) -> dict:
+        resp = await self.request(aiocoap.GET, "round")
+        return messages.decode("round", resp.payload)
+
+    async def model(self, expected_hash: bytes) -> bytes:
+        data = (await self.request(aiocoap.GET, "model")).payload
+        if hashlib.sha256(data).digest() != expected_hash:
+            raise NodeUnreachable("the global model changed while it was fetched; fetch the round again")
+        return data
+
+    async def send_item(self, kind: str, body: bytes) -> dict:
+        resp = await self.request(aiocoap.POST, kind, body, what=f"{kind} item")
+        try:
+            return cbor2.loads(resp.payload)
+        except Exception:
+            raise NodeUnreachable(f"{kind} item: unreadable acknowledgement {resp.payload[:40]!r}") from None
