@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from ..config import Globals
+from .common import _print
 
 
 def cmd_node_serve(g: Globals, args: argparse.Namespace) -> int:
@@ -27,6 +28,29 @@ def cmd_node_serve(g: Globals, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_node_status(g: Globals, args: argparse.Namespace) -> int:
+    """A node's /status over CoAP (what an operator's tool reads): round, devices, counters."""
+    from ..uplink.link import NodeLink
+
+    async def fetch() -> dict:
+        link = await NodeLink.open(g.home, args.node, protected=False)
+        try:
+            return await link.status()
+        finally:
+            await link.close()
+
+    st = asyncio.run(fetch())
+    r = st["round"]
+    rejected = {k: v for k, v in st["counters"].items() if k.startswith("rejected")}
+    text = (f"node {st['node']}: {st['devices']} device(s); round {r['id']} ({r['model']} w{r['width']:g}) "
+            f"{r['updates']}/{r['min_updates']} updates, {r['samples']} samples; model {r['hash'][:16]}..\n"
+            f"accepted {sum(v for k, v in st['counters'].items() if k.startswith('accepted'))}, "
+            f"duplicates {sum(v for k, v in st['counters'].items() if k.startswith('duplicate'))}, "
+            f"rejected {rejected or 0}")
+    _print(args, st, text)
+    return 0
+
+
 def add_parsers(sub, json_flag) -> None:
     n = sub.add_parser("node", help="run this device as its group's node").add_subparsers(dest="cmd", required=True)
     p = n.add_parser("serve", help="serve enrollment, rounds, the global model and uploads over CoAP")
@@ -38,3 +62,7 @@ def add_parsers(sub, json_flag) -> None:
     p.add_argument("--round-seconds", type=float, default=300.0, help="a round's deadline")
     p.add_argument("--max-norm", type=float, default=100.0, help="updates with a larger L2 norm are refused")
     p.set_defaults(func=cmd_node_serve)
+    p = n.add_parser("status", help="a node's status over CoAP: round, devices, accepted and rejected items")
+    p.add_argument("--node", required=True, metavar="URI", help="coap://HOST:PORT")
+    json_flag(p)
+    p.set_defaults(func=cmd_node_status)

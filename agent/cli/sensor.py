@@ -7,7 +7,6 @@ import json
 import sys
 import time
 
-
 from .. import config
 from ..config import Globals
 

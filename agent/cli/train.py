@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-
 from ..config import Globals
 from ..errors import AgentError
 from .common import _datasets, _print

@@ -78,10 +78,49 @@ def cmd_queue_update(g: Globals, args: argparse.Namespace) -> int:
         base = hashlib.sha256(weights_codec.encode(initial_weights(meta["model"], meta["width"]))).digest()
     else:
         base = hashlib.sha256(Path(meta["global"]).read_bytes()).digest()
-    payload = items.update_payload(path.read_bytes(), round_id=args.round, model=meta["model"], base=base,
+    round_id = args.round if args.round is not None else _current_round(g)["round"]
+    payload = items.update_payload(path.read_bytes(), round_id=round_id, model=meta["model"], base=base,
                                    width=meta["width"], samples=meta["samples"])
     seq = _enqueue(g, "update", payload)
-    _print(args, {"seq": seq, "bytes": len(payload["data"])}, f"queued update as item {seq}")
+    _print(args, {"seq": seq, "bytes": len(payload["data"]), "round": round_id},
+           f"queued the update for round {round_id} as item {seq} ({len(payload['data'])} bytes)")
+    return 0
+
+
+def _current_round(g: Globals) -> dict:
+    from ..uplink.link import NodeLink
+
+    async def fetch() -> dict:
+        link = await NodeLink.open(g.home)
+        try:
+            return await link.round()
+        finally:
+            await link.close()
+    return asyncio.run(fetch())
+
+
+def cmd_round(g: Globals, args: argparse.Namespace) -> int:
+    """The node's current round; with --model-out, its global model too (hash-checked), for `aitn train --global`."""
+    from ..fsio import write_atomic
+    from ..uplink.link import NodeLink
+
+    async def fetch() -> tuple[dict, bytes | None]:
+        link = await NodeLink.open(g.home)
+        try:
+            rnd = await link.round()
+            return rnd, (await link.model(rnd["hash"]) if args.model_out else None)
+        finally:
+            await link.close()
+
+    rnd, model = asyncio.run(fetch())
+    obj = dict(rnd, hash=rnd["hash"].hex())
+    text = (f"round {rnd['round']}: {rnd['model']} width {rnd['width']:g}, model {rnd['hash'].hex()[:16]}.., "
+            f"{rnd['accepted']}/{rnd['min']} updates, deadline {time.strftime('%H:%M:%S', time.localtime(rnd['deadline']))}")
+    if model is not None:
+        write_atomic(Path(args.model_out), model)
+        obj["model_file"] = args.model_out
+        text += f"\nglobal model ({len(model)} bytes) in {args.model_out}"
+    _print(args, obj, text)
     return 0
 
 
@@ -163,9 +202,13 @@ def add_parsers(sub, json_flag) -> None:
     _link_flags(p)
     json_flag(p)
     p.set_defaults(func=cmd_enroll)
+    p = u.add_parser("round", help="the node's current round (OSCORE-protected)")
+    p.add_argument("--model-out", metavar="FILE", help="also fetch the global model (block-wise) into FILE")
+    json_flag(p)
+    p.set_defaults(func=cmd_round)
     p = u.add_parser("queue-update", help="sign an update from `aitn train` and put it in the outbox")
     p.add_argument("file")
-    p.add_argument("--round", type=int, required=True, help="the node's round the update answers")
+    p.add_argument("--round", type=int, help="the node's round the update answers (default: ask the node)")
     json_flag(p)
     p.set_defaults(func=cmd_queue_update)
     p = u.add_parser("queue-manifests", help="sign the manifests of datasets not yet sent; put them in the outbox")

@@ -65,7 +65,16 @@ class Rounds:
             digest = self._save_model(initial_weights(cfg.model, cfg.width))
             state.open_round(self._new_round(1, digest))
         self.current = state.current_round()
+        self._sweep()
         self.fedavg = self._rebuild()
+
+    def _sweep(self) -> None:
+        """Remove update files no open round needs: a crash after a round closed (before its files went), or
+        after a file was written but before its row committed (the device resends it)."""
+        keep = {file for _a, _s, _n, file in self.state.round_updates(self.current.id)}
+        for path in self.updates.glob("*.upd"):
+            if path.name not in keep:
+                path.unlink()
 
     # -- models ------------------------------------------------------------------------------------
 
@@ -147,7 +156,13 @@ class Rounds:
         closed = self.current.updates >= self.current.min_updates
         if closed:
             self.close()
+        else:
+            self._notify()      # `accepted` changed: observers of /round hear of it (RFC 7641)
         return Outcome("aggregated", r.id, closed)
+
+    def _notify(self) -> None:
+        for listener in self.listeners:
+            listener(self.current)
 
     # -- closing -----------------------------------------------------------------------------------
 
@@ -162,8 +177,7 @@ class Rounds:
             (self.updates / file).unlink(missing_ok=True)
         self.current = self.state.current_round()
         self.fedavg = StreamingFedAvg(self.shapes, self.cfg.max_norm)
-        for listener in self.listeners:
-            listener(self.current)
+        self._notify()
         return self.current
 
     def tick(self) -> None:
@@ -176,5 +190,4 @@ class Rounds:
         else:
             self.state.extend_round(r.id, self.clock() + self.cfg.round_seconds)
             self.current = self.state.current_round()
-            for listener in self.listeners:
-                listener(self.current)
+            self._notify()

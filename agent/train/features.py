@@ -15,7 +15,9 @@ are skipped (records are missing there). Per window, N_FEATURES values, in FEATU
     battery_v temp_c                   the last BATTERY row in that look-back, V and degrees C
 
 A window also needs at least one MOTORS row, two POSE rows in its span and two BATTERY rows (30 s or more
-apart) in its look-back; one that lacks them is skipped, so every feature is finite.
+apart) in its look-back; one that lacks them is skipped, so every feature is finite. The look-back may
+cross a gap of a few lost frames but not an outage (a gap whose time jump exceeds `outage_s`): a noisy
+UART loses a frame every few seconds, and a trend over it is still a trend.
 
 Activity labels (ACTIVITIES), derived from what the robot logs, first rule that holds wins:
     charging  soc rising (soc_trend > 0) while still (speed < 0.05 m/s, wheel_a_mean < 0.1 A)
@@ -48,6 +50,7 @@ class WindowConfig:
     stride: int = 64            # IMU rows between window starts (= imu_rows: no overlap)
     trend_s: float = 180.0      # look-back for the battery trend, s (soc is logged in whole %)
     min_trend_s: float = 30.0   # shortest look-back that gives a trend, s
+    outage_s: float = 5.0       # a gap whose time jump exceeds this restarts the look-back (a link outage)
 
     def __post_init__(self) -> None:
         if self.imu_rows < 2 or self.stride < 1 or not 0 < self.min_trend_s <= self.trend_s:
@@ -81,7 +84,11 @@ def _span_mean_std(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[
 def windows(table: Table, cfg: WindowConfig = WindowConfig()) -> Windows:
     """The feature windows of `table` (rows in link order), gaps and incomplete windows skipped."""
     rtype, t = table["rtype"], table["t_ms"]
-    segment = np.cumsum((table["flags"] & FLAG_GAP_BEFORE) != 0)   # rows between two gaps share a segment
+    gap = (table["flags"] & FLAG_GAP_BEFORE) != 0
+    segment = np.cumsum(gap)                                        # rows between two gaps share a segment
+    # A few lost frames leave the battery trend valid (its rows carry their own times); an outage does not.
+    jump = np.diff(t.astype(np.int64), prepend=t[:1].astype(np.int64) if len(t) else np.zeros(0, np.int64))
+    outage = np.cumsum(gap & (jump > cfg.outage_s * 1000.0))
     acc = np.stack([table["ax"], table["ay"], table["az"]], axis=1)
     gyr = np.stack([table["gx"], table["gy"], table["gz"]], axis=1)
     imu = np.flatnonzero((rtype == IMU) & np.isfinite(acc).all(axis=1) & np.isfinite(gyr).all(axis=1))
@@ -110,9 +117,9 @@ def windows(table: Table, cfg: WindowConfig = WindowConfig()) -> Windows:
 
     bat = np.flatnonzero((rtype == BATTERY) & np.isfinite(table["soc_pct"]) & np.isfinite(table["battery_v"])
                          & np.isfinite(table["temp_c"]))
-    # look-back: BATTERY rows up to the window's last row, no earlier than trend_s before it or the segment start
+    # look-back: BATTERY rows up to the window's last row, no earlier than trend_s before it or the last outage
     # (t_ms is searched as sorted: assumed non-decreasing in link order)
-    seg_start = np.searchsorted(segment, segment[last], "left")
+    seg_start = np.searchsorted(outage, outage[last], "left")
     b_hi = np.searchsorted(bat, last, "right")
     b_lo = np.maximum(np.searchsorted(bat, seg_start, "left"),
                       np.searchsorted(t[bat], t[last] - cfg.trend_s * 1000.0, "left") if len(bat) else 0)

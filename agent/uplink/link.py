@@ -129,6 +129,9 @@ class NodeLink:
             raise NodeUnreachable("the global model changed while it was fetched; fetch the round again")
         return data
 
+    async def status(self) -> dict:
+        return json.loads((await self.request(aiocoap.GET, "status")).payload)
+
     async def send_item(self, kind: str, body: bytes) -> dict:
         resp = await self.request(aiocoap.POST, kind, body, what=f"{kind} item")
         try:

@@ -218,3 +218,20 @@ def test_global_model_served_is_the_hashed_one(node):
     data = node.rounds.model_bytes()
     assert hashlib.sha256(data).digest() == r["hash"]
     assert [w.shape for w in weights_codec.decode(data)] == _shapes(node)
+
+
+def test_restart_sweeps_update_files_nothing_needs(tmp_path):
+    folder = tmp_path / "node"
+    dev = SoftDevice()
+    node = NodeService(folder, CFG, CredentialsMap())
+    sid = _enroll(node, dev, tmp_path / "dev")
+    r = _round(node)
+    node.receive("update", sid, dev.item("update", update_payload(r, _rand(node, 3), 5), 1))
+    kept = sorted(p.name for p in node.rounds.updates.iterdir())
+    node.close()
+    (folder / "updates" / "0-dead-1.upd").write_bytes(b"left by a crash after its round closed")
+    (folder / "updates" / f"{r['round']}-{dev.addr.hex()}-9.upd").write_bytes(b"written, row never committed")
+    node = NodeService(folder, CFG, CredentialsMap())
+    assert sorted(p.name for p in node.rounds.updates.iterdir()) == kept and len(kept) == 1
+    assert _round(node)["accepted"] == 1
+    node.close()

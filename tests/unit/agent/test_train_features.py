@@ -101,14 +101,26 @@ def test_windows_never_span_a_gap():
     table = robot_table([(300, 0.5, 1.0, 0.0, -0.5)])
     imu = np.flatnonzero(table["rtype"] == F.IMU)
     gap_row = imu[len(imu) // 2 + 7]
-    table["flags"][gap_row] |= FLAG_GAP_BEFORE
+    table["flags"][gap_row] |= FLAG_GAP_BEFORE          # a few lost frames: no time jump
     w = F.windows(table, F.WindowConfig(imu_rows=64, stride=16))
     assert len(w) > 0
     assert not ((w.first_row < gap_row) & (w.last_row >= gap_row)).any()
-    # the look-back restarts at the gap: no window in the first min_trend_s after it
+    # the battery look-back crosses a short gap: windows right after it still have their trend
     t_gap = table["t_ms"][gap_row]
+    assert ((w.t_ms >= t_gap) & (w.t_ms < t_gap + 30_000)).any()
+
+
+def test_an_outage_restarts_the_look_back():
+    table = robot_table([(300, 0.5, 1.0, 0.0, -0.5)])
+    imu = np.flatnonzero(table["rtype"] == F.IMU)
+    gap_row = imu[len(imu) // 2 + 7]
+    table["flags"][gap_row] |= FLAG_GAP_BEFORE
+    table["t_ms"][gap_row:] += 60_000                     # the link was down for a minute
+    w = F.windows(table, F.WindowConfig(imu_rows=64, stride=16))
+    t_gap = table["t_ms"][gap_row]
+    assert not ((w.first_row < gap_row) & (w.last_row >= gap_row)).any()
     assert not ((w.t_ms >= t_gap) & (w.t_ms < t_gap + 30_000)).any()
-    assert (w.t_ms > t_gap).any()
+    assert (w.t_ms > t_gap + 30_000).any()
 
 
 def test_incomplete_and_tiny_inputs():
