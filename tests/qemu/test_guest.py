@@ -7,11 +7,13 @@ import socket
 import sys
 import re
 import time
+from pathlib import Path
 
 import pytest
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
+ROOT = Path(__file__).resolve().parents[2]
 TEE_URL = "unix:///run/aitn/tee.sock"
 NW = "su aitn -s /bin/sh -c"  # the normal world's user
 AITN = f"aitn --home /var/lib/aitn --tee {TEE_URL}"
@@ -89,6 +91,42 @@ def test_guest_reaches_only_the_host_side(guest):
                  f"s.sendto(b'x', ('10.0.2.2', {port})); s.recvfrom(10)")
         assert guest.run(f"python3 -c \"{probe}\"", 60)[0] != 0
         host.close()
+
+
+def test_uplink_to_a_node_on_the_host(guest, guest_figures, tmp_path):
+    """The device in the guest enrolls with a node on the host (10.0.2.2), queues items signed by its
+    secure world and sends them over OSCORE; the node's database shows each exactly once, bytes equal."""
+    import hashlib
+    import sqlite3
+    import subprocess
+
+    state = tmp_path / "node"
+    node = guest.host_command([sys.executable, "-m", "agent", "node", "serve", "--listen", "127.0.0.1:5683",
+                               "--state", str(state), "--min-updates", "1000"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        assert "listening" in node.stdout.readline().decode()
+        uri = "coap://10.0.2.2:5683"
+        t0 = time.monotonic()
+        _json_of(guest.check(f"{NW} '{AITN} uplink enroll --node {uri} --json'", 300))
+        out = guest.check(f"{NW} 'cd /opt/aitn && python3 -m tests.support.uplink_worker --home /var/lib/aitn "
+                          f"--tee {TEE_URL} --node {uri} --updates 2 --manifests 1 --seed 3'", 600)
+        queued = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        sent = _json_of(guest.check(f"{NW} '{AITN} uplink send --json'", 600))
+        guest_figures.setdefault("virt", {})["uplink_enroll_queue_send_s"] = round(time.monotonic() - t0, 1)
+    finally:
+        node.terminate()
+        node.wait(15)
+    assert len(queued) == 3 and sent["sent"] == 3 and sent["outbox"]["items"] == 0
+    db = sqlite3.connect(state / "node.db")
+    rows = {seq: (kind, payload, file) for seq, kind, payload, file in
+            db.execute("SELECT seq, kind, payload, file FROM items")}
+    db.close()
+    assert sorted(rows) == sorted(q["seq"] for q in queued)
+    for q in queued:
+        kind, payload, file = rows[q["seq"]]
+        data = payload if kind == "manifest" else (state / "updates" / file).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == q["sha256"]
 
 
 @pytest.mark.timeout(2400)  # under emulation the unit tests take minutes
