@@ -11,9 +11,9 @@ import sys
 
 from .. import __version__, config
 from ..errors import AgentError
-from . import board, data, node, sensor, tee, train, uplink
+from . import board, data, demand, node, sensor, tee, train, uplink
 
-GROUPS = (tee, data, train, uplink, node, board, sensor)
+GROUPS = (tee, data, train, uplink, node, demand, board, sensor)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import subprocess
 from pathlib import Path
 
 from ..config import Globals
@@ -18,14 +19,41 @@ def cmd_node_serve(g: Globals, args: argparse.Namespace) -> int:
     listen = parse_listen(args.listen)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = RoundConfig(model=args.model, width=args.width, min_updates=args.min_updates,
-                      round_seconds=args.round_seconds, max_norm=args.max_norm)
+                      round_seconds=args.round_seconds, max_norm=args.max_norm, upstream=bool(args.superlink))
     folder = args.state if args.state else g.home / "node"
+    supernode: list[subprocess.Popen] = []
 
     def ready(service) -> None:
         print(f"node 0x{service.key.address.hex()} listening on {listen[0]}:{listen[1]}", flush=True)
+        if args.superlink:   # this node's Flower SuperNode: the demand server reaches the group through it
+            supernode.append(start_supernode(args.superlink, listen[1], folder))
+            print(f"Flower SuperNode pid {supernode[0].pid} joined the SuperLink at {args.superlink}", flush=True)
 
-    asyncio.run(serve(folder, listen, cfg, board=g.board.name if g.board else "", ready=ready))
+    try:
+        asyncio.run(serve(folder, listen, cfg, board=g.board.name if g.board else "", ready=ready))
+    finally:
+        for p in supernode:
+            p.terminate()
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
     return 0
+
+
+def start_supernode(superlink: str, coap_port: int, folder: Path) -> subprocess.Popen:
+    """`flower-supernode` whose ClientApp (flower_app/) bridges Flower rounds to this node's daemon."""
+    import socket
+
+    from ..demand.serve import flower_bin, flower_env
+
+    with socket.socket() as s:   # its local runtime API needs a port of its own
+        s.bind(("127.0.0.1", 0))
+        api_port = s.getsockname()[1]
+    log = open(Path(folder) / "supernode.log", "ab")
+    return subprocess.Popen([flower_bin("flower-supernode"), "--insecure", "--superlink", superlink,
+                             "--node-config", f"node-uri='coap://127.0.0.1:{coap_port}'", "--port", str(api_port)],
+                            stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=flower_env())
 
 
 def cmd_node_status(g: Globals, args: argparse.Namespace) -> int:
@@ -61,6 +89,8 @@ def add_parsers(sub, json_flag) -> None:
     p.add_argument("--min-updates", type=int, default=3, help="updates that close a round")
     p.add_argument("--round-seconds", type=float, default=300.0, help="a round's deadline")
     p.add_argument("--max-norm", type=float, default=100.0, help="updates with a larger L2 norm are refused")
+    p.add_argument("--superlink", metavar="HOST:PORT",
+                   help="join the demand server's Flower SuperLink: rounds are opened by it, not one after another")
     p.set_defaults(func=cmd_node_serve)
     p = n.add_parser("status", help="a node's status over CoAP: round, devices, accepted and rejected items")
     p.add_argument("--node", required=True, metavar="URI", help="coap://HOST:PORT")

@@ -225,4 +225,59 @@ def add_parsers(sub, json_flag) -> None:
     p = sub.add_parser("status", help="enrollment and outbox state")
     json_flag(p)
     p.set_defaults(func=cmd_status)
+    add_device_parsers(sub, json_flag)
 
+
+
+def cmd_device_run(g: Globals, args: argparse.Namespace) -> int:
+    """Take part in the node's rounds: train once per open round, send; until --rounds are done or SIGTERM."""
+    import signal
+
+    from ..tee.session import ChainedSession
+    from ..uplink.link import NodeLink
+    from ..uplink.participate import step
+
+    _, dev = _identity(g)
+    store = _datasets(g)
+    outbox = _outbox(g)
+    stop = asyncio.Event()
+
+    def datasets() -> list[str]:
+        return [m.root for m in store.manifests() if not m.evicted]
+
+    async def run() -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        link = await NodeLink.open(g.home, cfg=_link_cfg(args))
+        done = 0
+        try:
+            while not stop.is_set() and (args.rounds is None or done < args.rounds):
+                with ChainedSession.open(g.tee, g.home, timeout=g.timeout) as s:
+                    st = await step(g.home, link, outbox, store, dev=dev, sign=_signer(s), datasets=datasets)
+                if st.trained:
+                    done += 1
+                    m = st.metrics
+                    print(json.dumps({"round": st.round, "samples": m["samples"], "loss_before": m["loss_before"],
+                                      "loss_after": m["loss_after"], "update_bytes": m["update_bytes"],
+                                      "sent": st.sent}), flush=True)
+                try:
+                    await asyncio.wait_for(stop.wait(), args.poll)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            await link.close()
+        return done
+
+    asyncio.run(run())
+    return 0
+
+
+def add_device_parsers(sub, json_flag) -> None:
+    d = sub.add_parser("device", help="this device's part in federated rounds")
+    d = d.add_subparsers(dest="cmd", required=True)
+    p = d.add_parser("run", help="train once per open round of the node and send the update, until stopped")
+    p.add_argument("--rounds", type=int, help="stop after training this many rounds")
+    p.add_argument("--poll", type=float, default=2.0, help="seconds between looks at the node's round")
+    _link_flags(p)
+    p.set_defaults(func=cmd_device_run)

@@ -8,6 +8,7 @@
     /manifest    POST   a signed dataset-manifest item, OSCORE only
     /report      POST   a signed work-utility report item, OSCORE only
     /status      GET    JSON for operators
+    /demand      POST   open a group round on the demand server's model; GET: its state and aggregate (loopback)
 
 Errors become CoAP errors with a diagnostic payload: unknown device 4.01, bad signature 4.03,
 malformed CBOR, schema violations, sequence conflicts and rejected updates 4.00.
@@ -15,6 +16,7 @@ malformed CBOR, schema violations, sequence conflicts and rejected updates 4.00.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 
@@ -104,6 +106,43 @@ class Items(resource.Resource):
         return aiocoap.Message(code=aiocoap.CHANGED, payload=answer, content_format=CBOR)
 
 
+class Demand(resource.Resource):
+    """The node's own Flower ClientApp opens group rounds (POST) and collects their aggregate (GET).
+
+    Loopback only and unprotected: the SuperNode runs on the node's own machine.
+    """
+
+    rt = "aitn.demand"
+
+    def __init__(self, service: NodeService) -> None:
+        super().__init__()
+        self.service = service
+
+    def _local(self, request) -> bool:
+        if _oscore_sid(request) is not None:
+            return False
+        try:
+            ip = ipaddress.ip_address(request.remote.sockaddr[0].split("%")[0])
+        except (AttributeError, ValueError, IndexError, TypeError):
+            return False
+        mapped = getattr(ip, "ipv4_mapped", None)
+        return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+    async def render_post(self, request):
+        if not self._local(request):
+            return _refuse(self.service, UnknownDevice("the demand bridge is loopback only"), "demand")
+        try:
+            answer = self.service.demand_open(request.payload)
+        except MessageError as e:
+            return _refuse(self.service, e, "demand")
+        return aiocoap.Message(code=aiocoap.CREATED, payload=answer, content_format=CBOR)
+
+    async def render_get(self, request):
+        if not self._local(request):
+            return _refuse(self.service, UnknownDevice("the demand bridge is loopback only"), "demand")
+        return aiocoap.Message(payload=self.service.demand_status(), content_format=CBOR)
+
+
 class Status(resource.Resource):
     rt = "aitn.status"
 
@@ -133,4 +172,5 @@ def build_site(service: NodeService) -> resource.Site:
     for kind in ("update", "manifest", "report"):
         site.add_resource([kind], Items(service, kind))
     site.add_resource(["status"], Status(service))
+    site.add_resource(["demand"], Demand(service))
     return site

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -42,6 +42,7 @@ class RoundConfig:
     min_updates: int = 3
     round_seconds: float = 300.0
     max_norm: float = 100.0
+    upstream: bool = False   # rounds are opened by the demand server (agent/node/demand.py), not one after another
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,10 @@ class Rounds:
         self.listeners: list[Callable[[Round], None]] = []
         if state.current_round() is None:
             digest = self._save_model(initial_weights(cfg.model, cfg.width))
-            state.open_round(self._new_round(1, digest))
+            first = self._new_round(1, digest)
+            if cfg.upstream:   # nothing to train until the demand server opens a round
+                first = replace(first, id=0, closed=self.clock())
+            state.open_round(first)
         self.current = state.current_round()
         self._sweep()
         self.fedavg = self._rebuild()
@@ -127,7 +131,7 @@ class Rounds:
     def accept(self, addr: bytes, seq: int, digest: bytes, payload: dict) -> Outcome:
         """Check and fold one update, record it durably. Raises UpdateRejected or MessageError."""
         r = self.current
-        if payload["round"] != r.id or payload["base"] != r.hash:
+        if r.closed is not None or payload["round"] != r.id or payload["base"] != r.hash:
             # Trained on an older global model: acknowledged (so it is not resent) but not aggregated.
             self.state.accept(addr, seq, "update", digest, "stale", round_id=payload["round"],
                               samples=payload["samples"])
@@ -160,6 +164,23 @@ class Rounds:
             self._notify()      # `accepted` changed: observers of /round hear of it (RFC 7641)
         return Outcome("aggregated", r.id, closed)
 
+    def open_with(self, tensors: list[np.ndarray], min_updates: int, seconds: float) -> Round:
+        """Open a round on a model from the demand server (a round still open is closed without a result)."""
+        weights_codec.check_shapes(tensors, self.shapes)
+        digest = self._save_model([np.asarray(t, np.float32) for t in tensors])
+        r = self.current
+        now = self.clock()
+        nxt = Round(r.id + 1, self.cfg.model, self.cfg.width, digest, now, now + seconds, min_updates,
+                    None, None, 0, 0)
+        if r.closed is None:
+            self.state.close_round(r.id, None, nxt)
+        else:
+            self.state.open_round(nxt)
+        self.current = self.state.current_round()
+        self.fedavg = StreamingFedAvg(self.shapes, self.cfg.max_norm)
+        self._notify()
+        return self.current
+
     def _notify(self) -> None:
         for listener in self.listeners:
             listener(self.current)
@@ -167,12 +188,16 @@ class Rounds:
     # -- closing -----------------------------------------------------------------------------------
 
     def close(self) -> Round:
-        """Close the current round into a new global model and open the next; returns the new round."""
+        """Close the current round into a new global model and open the next (standalone), or leave it
+        closed with its result for the demand server (upstream); returns the current round after."""
         r = self.current
-        mean = self.fedavg.result()
-        new = [(g.astype(np.float64) + m).astype(np.float32) for g, m in zip(self.global_weights(), mean)]
-        digest = self._save_model(new)
-        self.state.close_round(r.id, digest, self._new_round(r.id + 1, digest))
+        digest = None
+        if self.fedavg.count:
+            mean = self.fedavg.result()
+            new = [(g.astype(np.float64) + m).astype(np.float32) for g, m in zip(self.global_weights(), mean)]
+            digest = self._save_model(new)
+        nxt = None if self.cfg.upstream else self._new_round(r.id + 1, digest or r.hash)
+        self.state.close_round(r.id, digest, nxt)
         for _addr, _seq, _n, file in self.state.round_updates(r.id):
             (self.updates / file).unlink(missing_ok=True)
         self.current = self.state.current_round()
@@ -183,9 +208,9 @@ class Rounds:
     def tick(self) -> None:
         """At the deadline: close a round that has updates, give an empty one another period."""
         r = self.current
-        if self.clock() < r.deadline:
+        if r.closed is not None or self.clock() < r.deadline:
             return
-        if r.updates > 0:
+        if r.updates > 0 or self.cfg.upstream:   # upstream: the demand server is waiting, even for nothing
             self.close()
         else:
             self.state.extend_round(r.id, self.clock() + self.cfg.round_seconds)

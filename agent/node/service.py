@@ -135,19 +135,44 @@ class NodeService:
         self.state.bump(f"rejected.{kind}.{reason or type(e).__name__}")
         log.warning("refused %s: %s", kind, e)
 
+    # -- the demand server's bridge -----------------------------------------------------------------
+
+    def demand_open(self, data: bytes) -> bytes:
+        """Open a group round on the demand server's model; answers {"round": id}."""
+        from ..train import weights as weights_codec
+        from ..train.errors import WeightsError
+
+        req = messages.decode("demand", data)
+        try:
+            tensors = weights_codec.decode(req["model"], self.rounds.shapes)
+        except WeightsError as e:
+            raise MessageError(str(e), "demand.model") from None
+        r = self.rounds.open_with(tensors, req["min"], req["seconds"])
+        log.info("demand server opened round %d (%d updates or %.0f s)", r.id, req["min"], req["seconds"])
+        return cbor2.dumps({"round": r.id})
+
+    def demand_status(self) -> bytes:
+        r = self.rounds.current
+        msg = {"round": r.id, "open": r.closed is None, "updates": r.updates, "samples": r.samples}
+        if r.closed is not None and r.result is not None:
+            msg["model"] = self.rounds.model_bytes(r.result)
+        return messages.encode("demand_status", msg)
+
     # -- reads -------------------------------------------------------------------------------------
 
     def round_message(self, sid: bytes | None) -> bytes:
         r = self.rounds.current
         return messages.encode("round", {"round": r.id, "model": r.model, "hash": r.hash, "width": r.width,
-                                         "deadline": r.deadline, "min": r.min_updates, "accepted": r.updates})
+                                         "deadline": r.deadline, "min": r.min_updates, "accepted": r.updates,
+                                         "open": r.closed is None})
 
     def status(self) -> dict:
         r = self.rounds.current
         return {"node": "0x" + self.key.address.hex(), "board": self.board,
                 "uptime_s": round(time.time() - self.started, 1),
                 "devices": len(self.state.devices()),
-                "round": {"id": r.id, "model": r.model, "width": r.width, "hash": r.hash.hex(),
+                "round": {"id": r.id, "open": r.closed is None, "model": r.model, "width": r.width,
+                          "hash": r.hash.hex(),
                           "updates": r.updates, "samples": r.samples, "min_updates": r.min_updates,
                           "deadline": r.deadline},
                 "counters": self.state.counters()}

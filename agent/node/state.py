@@ -123,13 +123,14 @@ class NodeState:
 
     @staticmethod
     def _insert_round(r: Round) -> tuple[str, tuple]:
-        return ("INSERT INTO rounds (id, model, width, hash, started, deadline, min_updates) VALUES (?,?,?,?,?,?,?)",
-                (r.id, r.model, r.width, r.hash, r.started, r.deadline, r.min_updates))
+        return ("INSERT INTO rounds (id, model, width, hash, started, deadline, min_updates, closed) "
+                "VALUES (?,?,?,?,?,?,?,?)", (r.id, r.model, r.width, r.hash, r.started, r.deadline, r.min_updates,
+                                             r.closed))
 
-    def close_round(self, rid: int, result: bytes, nxt: Round) -> None:
-        """Close ``rid`` with its result and open ``nxt``, in one transaction."""
-        self._tx([("UPDATE rounds SET closed = ?, result = ? WHERE id = ?", (time.time(), result, rid)),
-                  self._insert_round(nxt)])
+    def close_round(self, rid: int, result: bytes | None, nxt: Round | None) -> None:
+        """Close ``rid`` with its result (None: nothing aggregated) and open ``nxt`` if any, in one transaction."""
+        stmts = [("UPDATE rounds SET closed = ?, result = ? WHERE id = ?", (time.time(), result, rid))]
+        self._tx(stmts + ([self._insert_round(nxt)] if nxt is not None else []))
 
     def extend_round(self, rid: int, deadline: float) -> None:
         self._tx([("UPDATE rounds SET deadline = ? WHERE id = ?", (deadline, rid))])

@@ -76,7 +76,7 @@ class NodeLink:
         self.ctx, self.uri, self.cfg, self.secctx = ctx, uri.rstrip("/"), cfg, secctx
 
     @classmethod
-    async def open(cls, home: Path, uri: str | None = None, cfg: LinkConfig = LinkConfig(),
+    async def open(cls, home: Path | None, uri: str | None = None, cfg: LinkConfig = LinkConfig(),
                    protected: bool = True) -> "NodeLink":
         """A link to the enrolled node (or to ``uri`` unprotected, for enrollment)."""
         ctx = await aiocoap.Context.create_client_context()
@@ -118,6 +118,9 @@ class NodeLink:
 
     async def post(self, path: str, payload: bytes) -> bytes:
         return (await self.request(aiocoap.POST, path, payload)).payload
+
+    async def get(self, path: str) -> bytes:
+        return (await self.request(aiocoap.GET, path)).payload
 
     async def round(self) -> dict:
         resp = await self.request(aiocoap.GET, "round")

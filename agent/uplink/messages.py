@@ -99,6 +99,20 @@ SCHEMAS: dict[str, dict[str, F]] = {
         "deadline": F(_NUM, check=_range(0, 1e11)),
         "min": F(_UINT, check=_range(1, 100000)),
         "accepted": F(_UINT, check=_range(0, MAX_SEQ)),
+        "open": F((bool,)),                     # False: closed, waiting for the next (devices do not train)
+    },
+    # the demand server's bridge (the node's Flower ClientApp) -> node, loopback only
+    "demand": {
+        "model": F((bytes,)),                   # AITW global weights for the group round
+        "min": F(_UINT, check=_range(1, 100000)),
+        "seconds": F(_NUM, check=_range(1.0, 7 * 86400.0)),
+    },
+    "demand_status": {
+        "round": F(_UINT, check=_range(0, MAX_SEQ)),
+        "open": F((bool,)),
+        "updates": F(_UINT, check=_range(0, MAX_SEQ)),
+        "samples": F(_UINT, check=_range(0, 1 << 50)),
+        "model": F((bytes,), required=False),   # the group's aggregate, once closed with updates
     },
     "item": {
         "v": F(_UINT, check=_range(VERSION, VERSION)),

@@ -146,7 +146,7 @@ def kernel_package() -> str:
 
 #: Test extras the guest does without: river is there only for the Shuttle data file it ships, and
 #: would bring scipy (over 100 MB of RAM in an initramfs); the tests that read it skip, saying so.
-NOT_IN_GUEST = ("river", "dp-accounting")  # too big for the initramfs (dp-accounting pulls scipy)
+NOT_IN_GUEST = ("river", "dp-accounting", "flwr")  # too big for the initramfs (scipy; grpcio, uv, fastapi...)
 
 
 def requirements() -> list[str]:
@@ -286,6 +286,28 @@ def compile_bytecode(root: Path) -> None:
                         str(d)], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+#: Files of the wheels that nothing run in the guest needs (dist-packages paths, glob patterns). The
+#: initramfs is unpacked into RAM: every MiB here is one the 1 GiB guest does not have for its work.
+PRUNE = ("ai_edge_litert/libLiteRtWebGpuAccelerator.so",    # a WebGPU accelerator: no GPU in the guest
+         "zstandard/_cffi.*.so",                            # the CFFI backend; the C backend is the default
+         "Crypto/SelfTest", "numpy/distutils", "numpy/*/tests", "numpy/_core/include",
+         "*/*.c", "*/*.pyx", "*/*.pxd")
+
+
+def prune(site: Path) -> int:
+    """Remove PRUNE from an unpacked dist-packages; returns the bytes removed."""
+    removed = 0
+    for pattern in PRUNE:
+        for path in site.glob(pattern):
+            if path.is_dir():
+                removed += sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+                shutil.rmtree(path)
+            else:
+                removed += path.stat().st_size
+                path.unlink()
+    return removed
+
+
 #: Left out of base-small.cpio, the initramfs of QEMU's raspi3b: its RAM is fixed at 1 GiB, and the
 #: kernel fails to unpack the full archive there ("Initramfs unpacking failed: write error"). The
 #: raspi3b tests (board shape, both worlds, pairing and signing) need none of these.
@@ -323,6 +345,7 @@ def build(out_base: Path) -> Path:
         shutil.rmtree(root / "usr" / "share" / "man", ignore_errors=True)
         fetch_wheels(wheels_cache)
         install_wheels(wheels_cache, root / "usr" / "lib" / "python3" / "dist-packages")
+        pruned = prune(root / "usr" / "lib" / "python3" / "dist-packages")
         add_system(root)
         staging = work / "out"
         staging.mkdir()
@@ -331,7 +354,7 @@ def build(out_base: Path) -> Path:
         write_cpio(root, staging / "base.cpio")
         write_cpio(root, staging / "base-small.cpio", omit=SMALL_BOARD_OMITS)
         size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file() and not f.is_symlink())
-        manifest = dict(inp, key=key, rootfs_bytes=size,
+        manifest = dict(inp, key=key, rootfs_bytes=size, pruned_bytes=pruned,
                         base_cpio_bytes=(staging / "base.cpio").stat().st_size)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         out.parent.mkdir(parents=True, exist_ok=True)
