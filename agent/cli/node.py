@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 from ..config import Globals
+from ..errors import ConfigError
 from .common import _print
 
 
@@ -18,8 +19,14 @@ def cmd_node_serve(g: Globals, args: argparse.Namespace) -> int:
 
     listen = parse_listen(args.listen)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = RoundConfig(model=args.model, width=args.width, min_updates=args.min_updates,
-                      round_seconds=args.round_seconds, max_norm=args.max_norm, upstream=bool(args.superlink))
+    try:
+        widths = tuple(sorted({float(w) for w in args.widths.split(",")}, reverse=True))
+        cfg = RoundConfig(model=args.model, min_updates=args.min_updates, round_seconds=args.round_seconds,
+                          max_norm=args.max_norm, upstream=bool(args.superlink), widths=widths, rule=args.rule,
+                          trim=args.trim, norm_policy=args.norm_policy, mode=args.mode, k=args.k,
+                          max_staleness=args.max_staleness)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     folder = args.state if args.state else g.home / "node"
     supernode: list[subprocess.Popen] = []
 
@@ -85,7 +92,16 @@ def add_parsers(sub, json_flag) -> None:
     p.add_argument("--listen", default="0.0.0.0:5683", metavar="HOST:PORT")
     p.add_argument("--state", type=Path, help="node state folder (default: HOME/node)")
     p.add_argument("--model", choices=("activity", "anomaly"), default="activity")
-    p.add_argument("--width", type=float, choices=(1.0, 0.5, 0.25), default=1.0)
+    p.add_argument("--widths", default="1.0", help="HeteroFL: sub-model widths handed out by device capacity, "
+                                                   "e.g. 1,0.5,0.25 (default 1.0: everyone trains the full model)")
+    p.add_argument("--mode", choices=("sync", "async"), default="sync",
+                   help="sync rounds, or async (FedBuff: a new global model every --k updates)")
+    p.add_argument("--k", type=int, default=10, help="async: updates per aggregation window")
+    p.add_argument("--max-staleness", type=int, default=4, help="async: oldest model version still aggregated")
+    p.add_argument("--rule", choices=("fedavg", "median", "trimmed_mean"), default="fedavg")
+    p.add_argument("--trim", type=float, default=0.1, help="trimmed_mean: fraction cut from each end")
+    p.add_argument("--norm-policy", choices=("reject", "clip"), default="reject",
+                   help="an update above --max-norm is refused, or scaled down to it")
     p.add_argument("--min-updates", type=int, default=3, help="updates that close a round")
     p.add_argument("--round-seconds", type=float, default=300.0, help="a round's deadline")
     p.add_argument("--max-norm", type=float, default=100.0, help="updates with a larger L2 norm are refused")

@@ -26,13 +26,14 @@ from aiocoap.numbers.contentformat import ContentFormat
 
 from ..uplink.errors import BadSignature, MessageError, SequenceConflict, UnknownDevice
 from .fedavg import UpdateRejected
+from .fedbuff import StaleUpdate
 from .service import NodeService
 
 log = logging.getLogger("aitn.node")
 CBOR = ContentFormat.CBOR
 _ERRORS = ((UnknownDevice, aiocoap.UNAUTHORIZED), (BadSignature, aiocoap.FORBIDDEN),
            (MessageError, aiocoap.BAD_REQUEST), (SequenceConflict, aiocoap.BAD_REQUEST),
-           (UpdateRejected, aiocoap.BAD_REQUEST))
+           (UpdateRejected, aiocoap.BAD_REQUEST), (StaleUpdate, aiocoap.BAD_REQUEST))
 
 
 def _refuse(service: NodeService, e: Exception, kind: str) -> aiocoap.Message:
@@ -82,7 +83,8 @@ class Model(resource.Resource):
         self.service = service
 
     async def render_get(self, request):
-        return aiocoap.Message(payload=self.service.rounds.model_bytes(),
+        # an enrolled device gets the slice of its width (HeteroFL); anyone else the full model
+        return aiocoap.Message(payload=self.service.model_for(_oscore_sid(request)),
                                content_format=ContentFormat.OCTETSTREAM)
 
 

@@ -23,13 +23,15 @@ import numpy as np
 import zstandard
 
 from ..fsio import write_atomic
-from ..train import quantize
+from ..train import quantize, submodel
 from ..train import weights as weights_codec
 from ..train.client import initial_weights
 from ..train.errors import WeightsError
 from ..train.manifest import spec_for
 from ..uplink.errors import MessageError
-from .fedavg import StreamingFedAvg, UpdateRejected
+from .aggregators import AggregationConfig
+from .fedavg import UpdateRejected
+from .round_agg import RoundAggregator
 from .state import NodeState, Round
 
 MAX_UPDATE_BYTES = 64 << 20  # decompressed; far above any model here, checked before inflating
@@ -42,7 +44,25 @@ class RoundConfig:
     min_updates: int = 3
     round_seconds: float = 300.0
     max_norm: float = 100.0
-    upstream: bool = False   # rounds are opened by the demand server (agent/node/demand.py), not one after another
+    upstream: bool = False   # rounds are opened by the demand server (agent/node/bridge.py), not one after another
+    widths: tuple[float, ...] = (1.0,)   # HeteroFL sub-model widths the node hands out by device capacity
+    rule: str = "fedavg"                  # the rest: agent/node/aggregators.py AggregationConfig
+    trim: float = 0.1
+    norm_policy: str = "reject"
+    mode: str = "sync"
+    k: int = 10
+    max_staleness: int = 4
+
+    def __post_init__(self) -> None:
+        self.aggregation()   # ValueError naming the field
+        if not self.widths or any(w not in submodel.WIDTHS for w in self.widths) or 1.0 not in self.widths:
+            raise ValueError(f"RoundConfig.widths: a subset of {submodel.WIDTHS} holding 1.0, got {self.widths}")
+        if self.width != 1.0:
+            raise ValueError("RoundConfig.width: the global model is the full model (1.0); use widths for sub-models")
+
+    def aggregation(self) -> AggregationConfig:
+        return AggregationConfig(self.max_norm, self.rule, self.trim, self.norm_policy, self.mode, self.k,
+                                 self.max_staleness)
 
 
 @dataclass(frozen=True)
@@ -60,7 +80,9 @@ class Rounds:
         self.updates = Path(folder) / "updates"
         self.models.mkdir(parents=True, exist_ok=True)
         self.updates.mkdir(parents=True, exist_ok=True)
-        self.shapes = spec_for(cfg.model, cfg.width).tensor_shapes
+        self._shapes: dict[float, list[tuple[int, ...]]] = {}
+        self._subs: dict[tuple[bytes, float], bytes] = {}
+        self.shapes = self.shapes_for(1.0)
         self.listeners: list[Callable[[Round], None]] = []
         if state.current_round() is None:
             digest = self._save_model(initial_weights(cfg.model, cfg.width))
@@ -70,12 +92,12 @@ class Rounds:
             state.open_round(first)
         self.current = state.current_round()
         self._sweep()
-        self.fedavg = self._rebuild()
+        self.agg = self._rebuild()
 
     def _sweep(self) -> None:
         """Remove update files no open round needs: a crash after a round closed (before its files went), or
         after a file was written but before its row committed (the device resends it)."""
-        keep = {file for _a, _s, _n, file in self.state.round_updates(self.current.id)}
+        keep = {row[3] for row in self.state.round_updates(self.current.id)}
         for path in self.updates.glob("*.upd"):
             if path.name not in keep:
                 path.unlink()
@@ -103,17 +125,40 @@ class Rounds:
 
     # -- updates -----------------------------------------------------------------------------------
 
-    def _rebuild(self) -> StreamingFedAvg:
-        agg = StreamingFedAvg(self.shapes, self.cfg.max_norm)
-        for _addr, _seq, samples, file in self.state.round_updates(self.current.id):
-            self._fold(agg, (self.updates / file).read_bytes(), samples)
+    def shapes_for(self, width: float) -> list[tuple[int, ...]]:
+        if width not in self._shapes:
+            self._shapes[width] = [tuple(s) for s in spec_for(self.cfg.model, width).tensor_shapes]
+        return self._shapes[width]
+
+    def width_for(self, capacity: float) -> float:
+        """HeteroFL: the widest configured sub-model the device's fixed capacity reaches (1.0 = a Pi 4)."""
+        fits = [w for w in self.cfg.widths if w <= capacity + 1e-9]
+        return max(fits) if fits else min(self.cfg.widths)
+
+    def sub_model(self, width: float, digest: bytes | None = None) -> bytes:
+        """The global model's bytes for a device of ``width`` (its HeteroFL slice), cached per model."""
+        digest = digest or self.current.hash
+        key = (digest, width)
+        if key not in self._subs:
+            full = weights_codec.decode(self.model_bytes(digest), self.shapes)
+            self._subs = {key: weights_codec.encode(submodel.slice_weights(full, self.shapes_for(width)))}
+        return self._subs[key]
+
+    def _new_agg(self) -> RoundAggregator:
+        return RoundAggregator(self.cfg.aggregation(), self.shapes, self.shapes_for)
+
+    def _rebuild(self) -> RoundAggregator:
+        agg = self._new_agg()
+        for _addr, _seq, samples, file, width, staleness in self.state.round_updates(self.current.id):
+            width = 1.0 if width is None else width
+            agg.add(self._tensors((self.updates / file).read_bytes(), width), samples, width, staleness or 0)
         return agg
 
-    def _fold(self, agg: StreamingFedAvg, raw: bytes, samples: int) -> None:
+    def _tensors(self, raw: bytes, width: float) -> list[np.ndarray]:
+        shapes = self.shapes_for(width)
         if raw[:4] == quantize.MAGIC:
-            agg.add_quantized(quantize.decode(raw, self.shapes), samples)
-        else:
-            agg.add(weights_codec.decode(raw, self.shapes), samples)
+            return quantize.dequantize(quantize.decode(raw, shapes))
+        return weights_codec.decode(raw, shapes)
 
     def decode_update(self, payload: dict) -> bytes:
         """The update's weights bytes (AITW or AITQ), inflated and format-checked. Raises MessageError."""
@@ -128,36 +173,45 @@ class Rounds:
             raise MessageError(f"is not an {payload['format'].upper()} file", "update.data")
         return data
 
+    def staleness(self, payload: dict) -> int | None:
+        """Model versions between the update's base and now; None if it may not be aggregated any more."""
+        r = self.current
+        if r.closed is not None:
+            return None
+        if self.cfg.mode == "sync":
+            return 0 if payload["round"] == r.id and payload["base"] == r.hash else None
+        base = self.state.round(payload["round"])
+        if base is None or base.hash != payload["base"] or base.id > r.id:
+            return None
+        tau = r.id - base.id
+        return tau if tau <= self.cfg.max_staleness else None
+
     def accept(self, addr: bytes, seq: int, digest: bytes, payload: dict) -> Outcome:
         """Check and fold one update, record it durably. Raises UpdateRejected or MessageError."""
         r = self.current
-        if r.closed is not None or payload["round"] != r.id or payload["base"] != r.hash:
-            # Trained on an older global model: acknowledged (so it is not resent) but not aggregated.
+        tau = self.staleness(payload)
+        if tau is None:
+            # Trained on a model too old (or a closed round): acknowledged, so it is not resent, never aggregated.
             self.state.accept(addr, seq, "update", digest, "stale", round_id=payload["round"],
                               samples=payload["samples"])
             return Outcome("stale", r.id, False)
-        if payload["model"] != r.model or payload["width"] != r.width:
-            raise UpdateRejected("shape", f"update for {payload['model']} width {payload['width']:g}; "
-                                          f"round {r.id} trains {r.model} width {r.width:g}")
+        width = payload["width"]
+        if payload["model"] != r.model or width not in self.cfg.widths:
+            raise UpdateRejected("shape", f"update for {payload['model']} width {width:g}; this node trains "
+                                          f"{r.model} at widths {', '.join(f'{w:g}' for w in self.cfg.widths)}")
         raw = self.decode_update(payload)
         try:
-            self.fedavg.check_weight(payload["samples"])
-            if raw[:4] == quantize.MAGIC:
-                q = quantize.decode(raw, self.shapes)
-                self.fedavg.check_quantized(q)
-            else:
-                tensors = weights_codec.decode(raw, self.shapes)
-                self.fedavg.check(tensors)
+            tensors = self._tensors(raw, width)
         except WeightsError as e:
-            self.fedavg.rejected["shape"] = self.fedavg.rejected.get("shape", 0) + 1
             raise UpdateRejected("shape", str(e)) from None
+        self.agg.check(tensors, payload["samples"], width, tau)
         name = f"{r.id}-{addr.hex()}-{seq}.upd"
         write_atomic(self.updates / name, raw)
         self.state.accept(addr, seq, "update", digest, "aggregated", round_id=r.id, samples=payload["samples"],
-                          file=name)
-        self._fold(self.fedavg, raw, payload["samples"])
+                          file=name, width=width, staleness=tau)
+        window_full = self.agg.add(tensors, payload["samples"], width, tau)
         self.current = self.state.current_round()
-        closed = self.current.updates >= self.current.min_updates
+        closed = window_full or (self.cfg.mode == "sync" and self.current.updates >= self.current.min_updates)
         if closed:
             self.close()
         else:
@@ -177,7 +231,7 @@ class Rounds:
         else:
             self.state.open_round(nxt)
         self.current = self.state.current_round()
-        self.fedavg = StreamingFedAvg(self.shapes, self.cfg.max_norm)
+        self.agg = self._new_agg()
         self._notify()
         return self.current
 
@@ -192,16 +246,16 @@ class Rounds:
         closed with its result for the demand server (upstream); returns the current round after."""
         r = self.current
         digest = None
-        if self.fedavg.count:
-            mean = self.fedavg.result()
+        if self.agg.count:
+            mean = self.agg.result()
             new = [(g.astype(np.float64) + m).astype(np.float32) for g, m in zip(self.global_weights(), mean)]
             digest = self._save_model(new)
         nxt = None if self.cfg.upstream else self._new_round(r.id + 1, digest or r.hash)
         self.state.close_round(r.id, digest, nxt)
-        for _addr, _seq, _n, file in self.state.round_updates(r.id):
-            (self.updates / file).unlink(missing_ok=True)
+        for row in self.state.round_updates(r.id):
+            (self.updates / row[3]).unlink(missing_ok=True)
         self.current = self.state.current_round()
-        self.fedavg = StreamingFedAvg(self.shapes, self.cfg.max_norm)
+        self.agg = self._new_agg()
         self._notify()
         return self.current
 

@@ -10,6 +10,7 @@ counted durably under ``rejected.<kind>.<reason>``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import time
@@ -160,11 +161,23 @@ class NodeService:
 
     # -- reads -------------------------------------------------------------------------------------
 
+    def width_of(self, sid: bytes | None) -> float:
+        """The sub-model width of the device behind an OSCORE context (1.0 for anyone else)."""
+        device = self.state.device_by_sid(sid) if sid is not None else None
+        return 1.0 if device is None else self.rounds.width_for(device.capacity)
+
+    def model_for(self, sid: bytes | None) -> bytes:
+        width = self.width_of(sid)
+        return self.rounds.model_bytes() if width == 1.0 else self.rounds.sub_model(width)
+
     def round_message(self, sid: bytes | None) -> bytes:
         r = self.rounds.current
-        return messages.encode("round", {"round": r.id, "model": r.model, "hash": r.hash, "width": r.width,
-                                         "deadline": r.deadline, "min": r.min_updates, "accepted": r.updates,
-                                         "open": r.closed is None})
+        width = self.width_of(sid)
+        msg = {"round": r.id, "model": r.model, "hash": r.hash, "width": width, "deadline": r.deadline,
+               "min": r.min_updates, "accepted": r.updates, "open": r.closed is None}
+        if width != 1.0:
+            msg["sub"] = hashlib.sha256(self.rounds.sub_model(width)).digest()
+        return messages.encode("round", msg)
 
     def status(self) -> dict:
         r = self.rounds.current

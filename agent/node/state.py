@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS rounds (
 CREATE TABLE IF NOT EXISTS items (
     addr BLOB NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL, digest BLOB NOT NULL,
     received REAL NOT NULL, status TEXT NOT NULL, round INTEGER, samples INTEGER, file TEXT, payload BLOB,
-    PRIMARY KEY (addr, seq));
+    width REAL, staleness INTEGER, PRIMARY KEY (addr, seq));
 CREATE INDEX IF NOT EXISTS items_round ON items (round, status);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
@@ -143,20 +143,22 @@ class NodeState:
         return Accepted(*row) if row else None
 
     def accept(self, addr: bytes, seq: int, kind: str, digest: bytes, status: str, *, round_id: int | None = None,
-               samples: int | None = None, file: str | None = None, payload: bytes | None = None) -> None:
+               samples: int | None = None, file: str | None = None, payload: bytes | None = None,
+               width: float | None = None, staleness: int | None = None) -> None:
         """Record an item (the dedup row) and, for an aggregated update, count it in its round."""
-        stmts = [("INSERT INTO items VALUES (?,?,?,?,?,?,?,?,?,?)",
-                  (addr, seq, kind, digest, time.time(), status, round_id, samples, file, payload))]
+        stmts = [("INSERT INTO items VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                  (addr, seq, kind, digest, time.time(), status, round_id, samples, file, payload, width, staleness))]
         if status == "aggregated":
             stmts.append(("UPDATE rounds SET updates = updates + 1, samples = samples + ? WHERE id = ?",
                           (samples, round_id)))
         self._tx(stmts)
 
-    def round_updates(self, rid: int) -> list[tuple[bytes, int, int, str]]:
-        """(addr, seq, samples, file) of the updates aggregated into round ``rid``, in arrival order."""
+    def round_updates(self, rid: int) -> list[tuple[bytes, int, int, str, float, int]]:
+        """(addr, seq, samples, file, width, staleness) of the updates aggregated into round ``rid``, in
+        arrival order."""
         return list(self.db.execute(
-            "SELECT addr, seq, samples, file FROM items WHERE round = ? AND status = 'aggregated' ORDER BY received",
-            (rid,)))
+            "SELECT addr, seq, samples, file, width, staleness FROM items WHERE round = ? AND status = 'aggregated' "
+            "ORDER BY received, seq", (rid,)))
 
     def items(self, kind: str | None = None) -> list[tuple]:
         q = "SELECT addr, seq, kind, status, round, payload FROM items"

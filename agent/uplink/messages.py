@@ -100,6 +100,7 @@ SCHEMAS: dict[str, dict[str, F]] = {
         "min": F(_UINT, check=_range(1, 100000)),
         "accepted": F(_UINT, check=_range(0, MAX_SEQ)),
         "open": F((bool,)),                     # False: closed, waiting for the next (devices do not train)
+        "sub": F((bytes,), required=False, check=_len(32)),   # sha256 of this device's HeteroFL slice at /model
     },
     # the demand server's bridge (the node's Flower ClientApp) -> node, loopback only
     "demand": {

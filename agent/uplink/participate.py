@@ -46,7 +46,7 @@ async def step(home: Path, link: NodeLink, outbox: Outbox, store, *, dev: bytes,
     rnd = await link.round()
     metrics = None
     if rnd["open"] and rnd["round"] > last_round(home):
-        model = await link.model(rnd["hash"])
+        model = await link.model(rnd.get("sub", rnd["hash"]))   # our HeteroFL slice, if we have one
         global_file = uplink_dir(home) / "global.aitw"
         write_atomic(global_file, model)
         cids = datasets()
