@@ -10,6 +10,17 @@ from ..config import Globals
 from .common import _print
 
 
+def format_round(r: dict, total: int) -> str:
+    """One progress line per round: a bar, the score, who took part, bytes moved, time."""
+    bar = "#" * r["round"] + "." * max(0, total - r["round"])
+    acc = "" if r["accuracy"] is None else f"accuracy {r['accuracy']:.3f}, "
+    text = f"[{bar}] round {r['round']}/{total}: {acc}loss {r['loss']:.4f}"
+    if "train_nodes" in r:
+        text += (f"; {r['train_nodes']} nodes, {r['train_updates']} device updates, "
+                 f"{r['train_num-examples']} samples, {r['bytes_moved'] / 1024:.0f} KiB moved")
+    return text + f"; {r['seconds']:.1f} s"
+
+
 def cmd_demand_serve(g: Globals, args: argparse.Namespace) -> int:
     from ..demand.serve import run
     from ..node.server import parse_listen
@@ -20,9 +31,7 @@ def cmd_demand_serve(g: Globals, args: argparse.Namespace) -> int:
 
     def show(line: str) -> None:
         if "AITN-ROUND " in line:
-            r = json.loads(line.split("AITN-ROUND ", 1)[1])
-            acc = "" if r["accuracy"] is None else f", accuracy {r['accuracy']:.3f}"
-            print(f"round {r['round']}: loss {r['loss']:.4f}{acc} at {r['seconds']:.1f} s", flush=True)
+            print(format_round(json.loads(line.split("AITN-ROUND ", 1)[1]), args.rounds), flush=True)
         elif args.verbose:
             print(line, flush=True)
 

@@ -33,6 +33,7 @@ class GroupResult:
     tensors: list[np.ndarray]
     samples: int
     updates: int
+    bytes: int          # update items the devices sent in the group round
     seconds: float
 
 
@@ -59,5 +60,5 @@ async def group_round(uri: str, tensors: list[np.ndarray], *, min_updates: int, 
     if "model" not in st or st["samples"] == 0:
         raise GroupRoundFailed(f"round {rid} closed with no update from the group")
     shapes = [t.shape for t in tensors]
-    return GroupResult(rid, weights_codec.decode(st["model"], shapes), st["samples"], st["updates"],
+    return GroupResult(rid, weights_codec.decode(st["model"], shapes), st["samples"], st["updates"], st["bytes"],
                        time.monotonic() - t0)

@@ -186,7 +186,7 @@ class Rounds:
         tau = r.id - base.id
         return tau if tau <= self.cfg.max_staleness else None
 
-    def accept(self, addr: bytes, seq: int, digest: bytes, payload: dict) -> Outcome:
+    def accept(self, addr: bytes, seq: int, digest: bytes, payload: dict, size: int = 0) -> Outcome:
         """Check and fold one update, record it durably. Raises UpdateRejected or MessageError."""
         r = self.current
         tau = self.staleness(payload)
@@ -208,7 +208,7 @@ class Rounds:
         name = f"{r.id}-{addr.hex()}-{seq}.upd"
         write_atomic(self.updates / name, raw)
         self.state.accept(addr, seq, "update", digest, "aggregated", round_id=r.id, samples=payload["samples"],
-                          file=name, width=width, staleness=tau)
+                          file=name, width=width, staleness=tau, size=size)
         window_full = self.agg.add(tensors, payload["samples"], width, tau)
         self.current = self.state.current_round()
         closed = window_full or (self.cfg.mode == "sync" and self.current.updates >= self.current.min_updates)

@@ -119,7 +119,7 @@ class NodeService:
             self.state.bump(f"duplicate.{kind}")
             return cbor2.dumps({"seq": env["seq"], "status": "duplicate"})
         if kind == "update":
-            outcome = self.rounds.accept(device.addr, env["seq"], digest, payload)
+            outcome = self.rounds.accept(device.addr, env["seq"], digest, payload, size=len(data))
             status = outcome.status
         else:
             status = "accepted"
@@ -154,7 +154,7 @@ class NodeService:
 
     def demand_status(self) -> bytes:
         r = self.rounds.current
-        msg = {"round": r.id, "open": r.closed is None, "updates": r.updates, "samples": r.samples}
+        msg = {"round": r.id, "open": r.closed is None, "updates": r.updates, "samples": r.samples, "bytes": r.bytes}
         if r.closed is not None and r.result is not None:
             msg["model"] = self.rounds.model_bytes(r.result)
         return messages.encode("demand_status", msg)

@@ -20,7 +20,8 @@ CREATE TABLE IF NOT EXISTS devices (
 CREATE TABLE IF NOT EXISTS rounds (
     id INTEGER PRIMARY KEY, model TEXT NOT NULL, width REAL NOT NULL, hash BLOB NOT NULL,
     started REAL NOT NULL, deadline REAL NOT NULL, min_updates INTEGER NOT NULL,
-    closed REAL, result BLOB, updates INTEGER NOT NULL DEFAULT 0, samples INTEGER NOT NULL DEFAULT 0);
+    closed REAL, result BLOB, updates INTEGER NOT NULL DEFAULT 0, samples INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS items (
     addr BLOB NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL, digest BLOB NOT NULL,
     received REAL NOT NULL, status TEXT NOT NULL, round INTEGER, samples INTEGER, file TEXT, payload BLOB,
@@ -54,6 +55,7 @@ class Round:
     result: bytes | None
     updates: int
     samples: int
+    bytes: int = 0      # update items received into it (their signed envelopes), for the demand server's figures
 
 
 @dataclass(frozen=True)
@@ -144,13 +146,13 @@ class NodeState:
 
     def accept(self, addr: bytes, seq: int, kind: str, digest: bytes, status: str, *, round_id: int | None = None,
                samples: int | None = None, file: str | None = None, payload: bytes | None = None,
-               width: float | None = None, staleness: int | None = None) -> None:
+               width: float | None = None, staleness: int | None = None, size: int = 0) -> None:
         """Record an item (the dedup row) and, for an aggregated update, count it in its round."""
         stmts = [("INSERT INTO items VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                   (addr, seq, kind, digest, time.time(), status, round_id, samples, file, payload, width, staleness))]
         if status == "aggregated":
-            stmts.append(("UPDATE rounds SET updates = updates + 1, samples = samples + ? WHERE id = ?",
-                          (samples, round_id)))
+            stmts.append(("UPDATE rounds SET updates = updates + 1, samples = samples + ?, bytes = bytes + ? "
+                          "WHERE id = ?", (samples, size, round_id)))
         self._tx(stmts)
 
     def round_updates(self, rid: int) -> list[tuple[bytes, int, int, str, float, int]]:

@@ -113,6 +113,7 @@ SCHEMAS: dict[str, dict[str, F]] = {
         "open": F((bool,)),
         "updates": F(_UINT, check=_range(0, MAX_SEQ)),
         "samples": F(_UINT, check=_range(0, 1 << 50)),
+        "bytes": F(_UINT, check=_range(0, 1 << 50)),   # update items received in the round
         "model": F((bytes,), required=False),   # the group's aggregate, once closed with updates
     },
     "item": {

@@ -22,5 +22,5 @@ def train(msg: Message, context: Context) -> Message:
     res = asyncio.run(group_round(str(context.node_config["node-uri"]), tensors,
                                   min_updates=int(cfg["min-updates"]), seconds=float(cfg["round-seconds"])))
     metrics = MetricRecord({"num-examples": res.samples, "updates": res.updates, "group-round": res.round,
-                            "seconds": res.seconds})
+                            "update-bytes": res.bytes, "seconds": res.seconds})
     return Message(content=RecordDict({"arrays": ArrayRecord(res.tensors), "metrics": metrics}), reply_to=msg)

@@ -77,7 +77,7 @@ def test_two_rounds_three_tiers(workdir):
     rounds = result["rounds"]
     assert [r["round"] for r in rounds] == [0, 1, 2]
     assert rounds[-1]["accuracy"] > rounds[0]["accuracy"] and rounds[-1]["loss"] < rounds[0]["loss"]
-    assert rounds[1]["train_nodes"] == 2 and rounds[1]["train_updates"] == 4
+    assert rounds[1]["train_nodes"] == 2 and rounds[1]["train_updates"] == 4 and rounds[1]["bytes_moved"] > 0
     # each node closed two group rounds of two updates; the global model is their sample-weighted mean
     groups = []
     for n in nodes:
