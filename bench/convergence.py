@@ -211,7 +211,7 @@ def run_sync(tr: Trainer, devs: list[Device], rounds: int, comm: float, ev: Eval
 
 
 def run_fedbuff(tr: Trainer, devs: list[Device], horizon: float, comm: float, ev: Evaluator, *, k: int,
-                max_staleness: int, global_sync: bool, max_updates: int) -> Run:
+                max_staleness: int, global_sync: bool, max_updates: int, hold: bool = False) -> Run:
     """Event simulation; see the module docstring. Stops at the simulated `horizon` or `max_updates`."""
     run = Run("FedBuff" if global_sync else "FedBuff async-global", ev)
     st = {"g": initial_weights(MODEL, 1.0), "v": 0, "t": 0.0}
@@ -220,7 +220,7 @@ def run_fedbuff(tr: Trainer, devs: list[Device], horizon: float, comm: float, ev
     window = [0] * NODES                     # samples in the node's open window
     closed: list[tuple | None] = [None] * NODES
     held: list[list] = [[] for _ in range(NODES)]
-    counts = {"arrived": 0, "stale": 0, "held": 0, "staleness": []}
+    counts = {"arrived": 0, "stale": 0, "closed_dropped": 0, "held": 0, "staleness": []}
 
     def close_global() -> None:
         st["g"] = add(st["g"], flower_fedavg([c for c in closed]))
@@ -231,12 +231,15 @@ def run_fedbuff(tr: Trainer, devs: list[Device], horizon: float, comm: float, ev
         for n in range(NODES):
             pending, held[n] = held[n], []
             for item in pending:
-                offer(n, *item)
+                offer(n, *item, again=True)
 
-    def offer(node: int, update, samples: int, v0: int) -> None:
-        if closed[node] is not None:
+    def offer(node: int, update, samples: int, v0: int, again: bool = False) -> None:
+        if closed[node] is not None:          # the node waits for the demand server's next model
+            if not hold:                      # rounds.py: acknowledged as stale, never aggregated
+                counts["closed_dropped"] += 1
+                return
+            counts["held"] += not again       # (--hold-closed) kept for the node's next window
             held[node].append((update, samples, v0))
-            counts["held"] += 1
             return
         tau = st["v"] - v0
         try:

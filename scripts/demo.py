@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import demo_network  # noqa: E402
 RUN = ROOT / "run"
 TEE_USER = "aitn-tee"
 
@@ -64,8 +66,9 @@ def ensure_tee_user() -> str | None:
     return TEE_USER
 
 
-def data_path(home: Path, url: str, run_dir: Path) -> None:
-    step("8. a simulated robot streams its sensor MCU over a link (aitn sensor sim)")
+def data_path(home: Path, url: str, run_dir: Path, robots: list) -> None:
+    step("8. a simulated robot streams its sensor MCU over a link (aitn sensor sim); "
+         f"{len(robots)} more robots of the network do the same in the background")
     # 40 s: training windows need 30 s of battery history (agent/train/features.py); seed 1: a robot that
     # works away from the owner's home zone in that time, so its records are released, not suppressed
     rate, seconds, seed = 1000, 40, 1
@@ -80,10 +83,13 @@ def data_path(home: Path, url: str, run_dir: Path) -> None:
         port = line.rsplit(":", 1)[1]
         print(line)
 
-        step("9. ingest: link -> spool -> clean -> desensitize (policies/default.toml) -> stored batches")
         policy = ROOT / "policies" / "default.toml"
+        streams = demo_network.start_streams(robots, policy, rate, seconds)
+        step("9. ingest: link -> spool -> clean -> desensitize (policies/default.toml) -> stored batches")
         aitn("ingest", "--url", f"socket://127.0.0.1:{port}", "--policy", str(policy), "--duration", str(seconds),
              "--batch-records", "60000", home=home, url=url)
+        for p in streams:
+            p.wait(seconds + 60)
     finally:
         sim.terminate()
         sim.wait(10)
@@ -178,6 +184,7 @@ def main() -> None:
     print(f"$ aitn --tee {url} tee serve --state {state} --log {log} --log-level 3" + (f" --user {user}" if user else ""))
     sock.unlink(missing_ok=True)  # a socket file left by an earlier run
     tee = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    robots: list = []
     try:
         deadline = time.monotonic() + 15
         while not _accepts(sock):
@@ -222,9 +229,12 @@ def main() -> None:
         aitn("chain", "verify", home=home, url=url)
         aitn("chain", "show", "--tail", "4", home=home, url=url)
 
-        data_path(home, url, run_dir)
+        robots = demo_network.start_robots(run_dir, user)
+        data_path(home, url, run_dir, robots)
         uplink(home, url, run_dir)
+        rounds = demo_network.network(run_dir, [demo_network.Robot("robot-1", home, url)] + robots, step)
     finally:
+        demo_network.stop(robots)
         tee.terminate()
         try:
             tee.wait(10)
@@ -234,7 +244,9 @@ def main() -> None:
     lines = log.read_text().splitlines() if log.exists() else []
     print("\n".join(lines[-8:]))
     print(f"\ndone: device {ident['address']} signed through the challenge handshake and stored "
-          f"desensitized sensor batches, trained on them and uplinked the signed update to its node; "
+          f"desensitized sensor batches, trained on them and uplinked the signed update to its node; then "
+          f"{len(robots) + 1} robots in 2 nodes trained the demand server's model over {len(rounds) - 1} rounds "
+          f"(accuracy {rounds[0]['accuracy']:.3f} -> {rounds[-1]['accuracy']:.3f} on its validation telemetry); "
           f"run `make test` for the full suite")
     if shutil.which("cast"):
         print(f"(foundry: cast wallet verify --address {ident['address']} '{message}' {signed['signature']})")
