@@ -16,7 +16,9 @@ def plot(path: Path, curves: dict[str, list[dict]], central: dict, targets: dict
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), constrained_layout=True)
     styles = {"sync FedAvg": dict(color="C0", lw=1.8),
               "FedBuff": dict(color="C3", lw=1.4),
-              "FedBuff async-global": dict(color="C1", lw=1.0, alpha=0.8),
+              "FedBuff async-global": dict(color="C1", lw=0.9, alpha=0.7),
+              "FedBuff K=5": dict(color="C4", lw=0.8, alpha=0.6),
+              "FedBuff K=8": dict(color="C5", lw=0.8, alpha=0.6),
               "HeteroFL": dict(color="C2", lw=1.4)}
     for row, (metric, label) in enumerate((("acc", "accuracy"), ("auc", "ROC AUC"))):
         for col, (xkey, xlabel) in enumerate((("round", "global model version (sync: round)"),

@@ -210,10 +210,10 @@ def run_sync(tr: Trainer, devs: list[Device], rounds: int, comm: float, ev: Eval
     return run
 
 
-def run_fedbuff(tr: Trainer, devs: list[Device], horizon: float, comm: float, ev: Evaluator, *, k: int,
-                max_staleness: int, global_sync: bool, max_updates: int, hold: bool = False) -> Run:
+def run_fedbuff(name: str, tr: Trainer, devs: list[Device], horizon: float, comm: float, ev: Evaluator, *,
+                k: int, max_staleness: int, global_sync: bool, max_updates: int, hold: bool = False) -> Run:
     """Event simulation; see the module docstring. Stops at the simulated `horizon` or `max_updates`."""
-    run = Run("FedBuff" if global_sync else "FedBuff async-global", ev)
+    run = Run(name, ev)
     st = {"g": initial_weights(MODEL, 1.0), "v": 0, "t": 0.0}
     run.point(0, 0.0, st["g"], 0)
     bufs = [FedBuff(tr.full_shapes, k, max_staleness, INF) for _ in range(NODES)]
@@ -309,10 +309,16 @@ def make_devices(split, args) -> list[Device]:
 
 
 def calibrate(tr: Trainer, devs: list[Device], repeats: int) -> None:
+    """Median measured local_round seconds per device and width; the repeats go round all devices in
+    turn, so a burst of load on this shared host lands on many devices once, not on one device 5 times."""
     g = initial_weights(MODEL, 1.0)
+    times: dict[tuple[int, float], list[float]] = {}
+    for rep in range(repeats):
+        for d in devs:
+            for w in sorted({1.0, d.width}):
+                times.setdefault((d.id, w), []).append(tr.local(d, g, w, seed=rep).seconds)
     for d in devs:
-        for w in sorted({1.0, d.width}):
-            d.compute[w] = statistics.median(tr.local(d, g, w, seed=s).seconds for s in range(repeats))
+        d.compute = {w: statistics.median(times[(d.id, w)]) for w in sorted({1.0, d.width})}
 
 
 def meets(p: dict, goal: dict) -> bool:
@@ -352,8 +358,13 @@ def main() -> None:
     ap.add_argument("--sigma", type=float, default=1.0, help="lognormal size-skew sigma")
     ap.add_argument("--slowdown", type=float, default=5.0, help="stragglers' slowdown (a third of devices)")
     ap.add_argument("--comm-s", type=float, default=0.005, help="simulated model down + update up, per device round")
-    ap.add_argument("--k", type=int, default=5, help="FedBuff window per node")
-    ap.add_argument("--max-staleness", type=int, default=20)
+    ap.add_argument("--k", type=int, default=10, help="FedBuff window per node (AggregationConfig's default)")
+    ap.add_argument("--k-variants", type=lambda v: [int(x) for x in v.split(",") if x], default=[5, 8],
+                    help="more FedBuff runs at these K, reported beside (comma-separated; '' for none)")
+    ap.add_argument("--max-staleness", type=int, default=4, help="FedBuff (AggregationConfig's default)")
+    ap.add_argument("--hold-closed", action="store_true",
+                    help="keep updates that arrive while the node waits for the demand server for its next window "
+                         "(default: drop them, as agent/node/rounds.py acknowledges them as stale)")
     ap.add_argument("--max-async-updates", type=int, default=20_000, help="safety cap per FedBuff run")
     ap.add_argument("--calib", type=int, default=5, help="timed local rounds per device and width (median)")
     ap.add_argument("--seed", type=int, default=0)
@@ -403,10 +414,11 @@ def main() -> None:
     runs["centralized"] = run_centralized(tr, split.x_train, split.y_train, c_epochs, ev)
     runs["sync FedAvg"] = run_sync(tr, devs, args.rounds, args.comm_s, ev, hetero=False)
     horizon = runs["sync FedAvg"].points[-1]["sim_s"]
-    for gs in (True, False):
-        r = run_fedbuff(tr, devs, horizon, args.comm_s, ev, k=args.k, max_staleness=args.max_staleness,
-                        global_sync=gs, max_updates=args.max_async_updates)
-        runs[r.name] = r
+    fedbuffs = [("FedBuff", args.k, True)] + [(f"FedBuff K={k}", k, True) for k in args.k_variants if k != args.k]
+    fedbuffs.append(("FedBuff async-global", args.k, False))
+    for name, k, gs in fedbuffs:
+        runs[name] = run_fedbuff(name, tr, devs, horizon, args.comm_s, ev, k=k, max_staleness=args.max_staleness,
+                                 global_sync=gs, max_updates=args.max_async_updates, hold=args.hold_closed)
     runs["HeteroFL"] = run_sync(tr, devs, args.rounds, args.comm_s, ev, hetero=True)
 
     central = runs["centralized"].points[-1]

@@ -19,7 +19,7 @@ and two floors without CoAP, on the same asyncio loop:
              with header + "LEN CRC32". A datagram that is not the next expected one is re-acked.
     raw TCP  8-byte length + body on one connection; the server answers "LEN CRC32" once it has it all.
 
-The prototype, ``Block1Receiver`` (a resource.Resource) over ``Block1Assembler`` (no aiocoap in it):
+``Block1Receiver`` (agent/node/block1.py, what the node's /update uses) over ``Block1Assembler``:
 
   * ``needs_blockwise_assembly`` returns False, so aiocoap hands every block to ``render_post``;
   * one assembly per blockwise key (aiocoap's own: the remote's blockwise_key, the code, the cache key
@@ -42,15 +42,11 @@ import asyncio
 import json
 import os
 import sys
-import time
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiocoap
 from aiocoap import resource
-from aiocoap.numbers.constants import TransportTuning
-from aiocoap.numbers.optionnumbers import OptionNumber
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -63,106 +59,7 @@ def summary(body) -> bytes:
     return b"%d %08x" % (len(body), zlib.crc32(body))
 
 
-# -- the prototype: linear Block1 assembly ------------------------------------------------------------
-
-class BlockError(Exception):
-    def __init__(self, code, reason: str, size1: int | None = None) -> None:
-        super().__init__(reason)
-        self.code, self.size1 = code, size1
-
-
-@dataclass
-class _Assembly:
-    buf: bytearray = field(default_factory=bytearray)
-    blocks: int = 0
-    touched: float = 0.0
-
-
-class Block1Assembler:
-    """Block1 bodies by key, each a bytearray extended in place. feed() -> None (more to come) or the body."""
-
-    def __init__(self, max_body: int = MAX_BODY, idle_s: float | None = None) -> None:
-        self.max_body = max_body
-        self.idle_s = TransportTuning().MAX_TRANSMIT_WAIT if idle_s is None else idle_s
-        self._open: dict = {}
-        self._next_sweep = 0.0
-
-    def _sweep(self, now: float) -> None:
-        if now < self._next_sweep:
-            return
-        self._next_sweep = now + self.idle_s / 4
-        for k in [k for k, a in self._open.items() if now - a.touched > self.idle_s]:
-            del self._open[k]
-
-    def feed(self, key, block1, payload: bytes, size1: int | None = None) -> tuple[bytearray, int] | None:
-        now = time.monotonic()
-        self._sweep(now)
-        if block1.block_number == 0:
-            if size1 is not None and size1 > self.max_body:
-                self._open.pop(key, None)
-                raise BlockError(aiocoap.REQUEST_ENTITY_TOO_LARGE, "body too large", self.max_body)
-            asm = self._open[key] = _Assembly()
-        else:
-            asm = self._open.get(key)
-            if asm is None:
-                raise BlockError(aiocoap.REQUEST_ENTITY_INCOMPLETE, "no assembly for this block")
-        if block1.more and not ((len(payload) > 0 and len(payload) % 1024 == 0) if block1.is_bert
-                                else len(payload) == block1.size):
-            del self._open[key]
-            raise BlockError(aiocoap.BAD_REQUEST, "payload size does not match Block1")
-        if block1.start != len(asm.buf):
-            del self._open[key]
-            raise BlockError(aiocoap.REQUEST_ENTITY_INCOMPLETE, f"block at {block1.start}, have {len(asm.buf)}")
-        if len(asm.buf) + len(payload) > self.max_body:
-            del self._open[key]
-            raise BlockError(aiocoap.REQUEST_ENTITY_TOO_LARGE, "body too large", self.max_body)
-        asm.buf += payload
-        asm.blocks += 1
-        asm.touched = now
-        if block1.more:
-            return None
-        del self._open[key]
-        return asm.buf, asm.blocks
-
-
-def block_key(request):
-    """aiocoap's blockwise key (aiocoap.blockwise._extract_block_key)."""
-    return (request.remote.blockwise_key, request.code,
-            request.get_cache_key([OptionNumber.BLOCK1, OptionNumber.BLOCK2, OptionNumber.OBSERVE]))
-
-
-class Block1Receiver(resource.Resource):
-    """POST with a Block1 body assembled here, linearly; subclasses implement handle(request, body, blocks)."""
-
-    def __init__(self, max_body: int = MAX_BODY) -> None:
-        super().__init__()
-        self.assembler = Block1Assembler(max_body)
-
-    async def needs_blockwise_assembly(self, request):
-        return False
-
-    async def render_post(self, request):
-        b1 = request.opt.block1
-        if b1 is None:
-            return await self.handle(request, request.payload, 1)
-        try:
-            done = self.assembler.feed(block_key(request), b1, request.payload, request.opt.size1)
-        except BlockError as e:
-            m = aiocoap.Message(code=e.code, payload=str(e).encode())
-            if e.size1 is not None:
-                m.opt.size1 = e.size1
-            return m
-        if done is None:
-            m = aiocoap.Message(code=aiocoap.CONTINUE)
-            m.opt.block1 = (b1.block_number, True, b1.size_exponent)
-            return m
-        resp = await self.handle(request, *done)
-        resp.opt.block1 = (b1.block_number, False, b1.size_exponent)
-        return resp
-
-    async def handle(self, request, body, blocks: int) -> aiocoap.Message:
-        raise NotImplementedError
-
+from agent.node.block1 import Block1Assembler, Block1Receiver, BlockError, block_key  # noqa: E402,F401
 
 # -- the bench's resources ----------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import demo_network  # noqa: E402
+
 RUN = ROOT / "run"
 TEE_USER = "aitn-tee"
 
@@ -135,7 +136,8 @@ def uplink(home: Path, url: str, run_dir: Path) -> None:
             raise SystemExit(f"node did not start: {line} (see {run_dir / 'node.log'})")
         print(line)
         step("15. enroll: a key exchange signed by the secure world and by the node -> an OSCORE context")
-        aitn("uplink", "enroll", "--node", node_uri, home=home, url=url)
+        # the node's address is named, not trusted on first use: this device moves between nodes below
+        aitn("uplink", "enroll", "--node", node_uri, "--node-address", line.split()[1], home=home, url=url)
         step("16. train one local round on the stored batches (LiteRT), sign it, queue it with the manifests")
         cids = [d["root"] for d in json.loads(aitn("data", "ls", "--json", home=home, url=url, show=False).stdout)[
             "datasets"] if not d.get("evicted")]

@@ -37,7 +37,8 @@ def cmd_node_serve(g: Globals, args: argparse.Namespace) -> int:
             print(f"Flower SuperNode pid {supernode[0].pid} joined the SuperLink at {args.superlink}", flush=True)
 
     try:
-        asyncio.run(serve(folder, listen, cfg, board=g.board.name if g.board else "", ready=ready))
+        asyncio.run(serve(folder, listen, cfg, board=g.board.name if g.board else "", ready=ready,
+                          max_body=args.max_item_bytes))
     finally:
         for p in supernode:
             p.terminate()
@@ -105,6 +106,8 @@ def add_parsers(sub, json_flag) -> None:
     p.add_argument("--min-updates", type=int, default=3, help="updates that close a round")
     p.add_argument("--round-seconds", type=float, default=300.0, help="a round's deadline")
     p.add_argument("--max-norm", type=float, default=100.0, help="updates with a larger L2 norm are refused")
+    p.add_argument("--max-item-bytes", type=int, default=16 << 20,
+                   help="largest item a device may POST (4.13 above it, before more is kept)")
     p.add_argument("--superlink", metavar="HOST:PORT",
                    help="join the demand server's Flower SuperLink: rounds are opened by it, not one after another")
     p.set_defaults(func=cmd_node_serve)

@@ -25,6 +25,7 @@ from aiocoap import resource
 from aiocoap.numbers.contentformat import ContentFormat
 
 from ..uplink.errors import BadSignature, MessageError, SequenceConflict, UnknownDevice
+from .block1 import MAX_BODY, Block1Receiver
 from .fedavg import UpdateRejected
 from .fedbuff import StaleUpdate
 from .service import NodeService
@@ -88,21 +89,28 @@ class Model(resource.Resource):
                                content_format=ContentFormat.OCTETSTREAM)
 
 
-class Items(resource.Resource):
-    """POST of one signed item of ``kind``; answered 2.04 with CBOR {seq, status}."""
+class Items(Block1Receiver):
+    """POST of one signed item of ``kind``; answered 2.04 with CBOR {seq, status}.
 
-    def __init__(self, service: NodeService, kind: str) -> None:
-        super().__init__()
+    The body is assembled here (agent/node/block1.py: linear, bounded), and an unprotected request is
+    refused at its first block, before anything is kept.
+    """
+
+    def __init__(self, service: NodeService, kind: str, max_body: int) -> None:
+        super().__init__(max_body)
         self.service, self.kind = service, kind
         self.rt = f"aitn.{kind}"
 
-    async def render_post(self, request):
-        sid = _oscore_sid(request)
-        if sid is None:
+    def admit(self, request):
+        if _oscore_sid(request) is None:
             return _refuse(self.service, UnknownDevice("OSCORE required: enroll first, then send protected"),
                            self.kind)
+        return None
+
+    async def handle(self, request, body, blocks: int):
+        sid = _oscore_sid(request)
         try:
-            answer = self.service.receive(self.kind, sid, request.payload)
+            answer = self.service.receive(self.kind, sid, bytes(body))
         except tuple(e for e, _ in _ERRORS) as e:
             return _refuse(self.service, e, self.kind)
         return aiocoap.Message(code=aiocoap.CHANGED, payload=answer, content_format=CBOR)
@@ -164,7 +172,7 @@ def _code_for(e: Exception):
     return aiocoap.INTERNAL_SERVER_ERROR
 
 
-def build_site(service: NodeService) -> resource.Site:
+def build_site(service: NodeService, max_body: int = MAX_BODY) -> resource.Site:
     site = resource.Site()
     site.add_resource([".well-known", "core"], resource.WKCResource(site.get_resources_as_linkheader,
                                                                      impl_info=None))
@@ -172,7 +180,7 @@ def build_site(service: NodeService) -> resource.Site:
     site.add_resource(["round"], RoundResource(service))
     site.add_resource(["model"], Model(service))
     for kind in ("update", "manifest", "report"):
-        site.add_resource([kind], Items(service, kind))
+        site.add_resource([kind], Items(service, kind, max_body))
     site.add_resource(["status"], Status(service))
     site.add_resource(["demand"], Demand(service))
     return site

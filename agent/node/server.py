@@ -7,6 +7,7 @@ import logging
 import signal
 from pathlib import Path
 
+from .block1 import MAX_BODY
 from .resources import build_site
 from .rounds import RoundConfig
 from .service import NodeService
@@ -23,13 +24,13 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 async def serve(folder: Path, listen: tuple[str, int], cfg: RoundConfig, board: str = "",
-                ready=None, stop: asyncio.Event | None = None) -> None:
+                ready=None, stop: asyncio.Event | None = None, max_body: int = MAX_BODY) -> None:
     import aiocoap
     from aiocoap.credentials import CredentialsMap
     from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
 
     service = NodeService(folder, cfg, CredentialsMap(), board)
-    site = OscoreSiteWrapper(build_site(service), service.credentials)
+    site = OscoreSiteWrapper(build_site(service, max_body), service.credentials)
     ctx = await aiocoap.Context.create_server_context(site, bind=listen)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -8,8 +8,10 @@ other 4.xx NodeRejected (the same bytes will never be accepted), 5.xx and no ans
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,13 @@ class LinkConfig:
     ack_timeout: float = 2.0
     max_retransmit: int = 4
     block_exp: int = 6          # block size 2 ** (4 + exp): 6 = 1024 bytes, the largest over UDP
+    deadline_s: float = 60.0    # per request, plus 4 ACK timeouts per block: aiocoap itself never gives up
+
+#: New CON messages one client context may send before it is replaced: message ids are 16 bits and the
+#: node remembers each (peer, id) for EXCHANGE_LIFETIME (247 s); a reused id is answered from the node's
+#: cache and the request waits forever (BENCHMARKS.md). A new context has a new source port, so a new
+#: (peer, id) space; the OSCORE context (and its sequence numbers) carries over.
+MESSAGES_PER_CONTEXT = 30_000
 
 
 def tuning(cfg: LinkConfig) -> TransportTuning:
@@ -74,6 +83,17 @@ def _raise_for(resp: aiocoap.Message, what: str) -> None:
 class NodeLink:
     def __init__(self, ctx: aiocoap.Context, uri: str, cfg: LinkConfig, secctx=None) -> None:
         self.ctx, self.uri, self.cfg, self.secctx = ctx, uri.rstrip("/"), cfg, secctx
+        self.messages = 0           # CON messages sent through self.ctx (one per block, and one more)
+        self.renewals = 0           # client contexts replaced (MESSAGES_PER_CONTEXT)
+
+    async def _fresh_context(self) -> None:
+        old = self.ctx
+        self.ctx = await aiocoap.Context.create_client_context()
+        if self.secctx is not None:
+            self.ctx.client_credentials[self.uri + "/*"] = self.secctx
+        self.messages = 0
+        self.renewals += 1
+        await old.shutdown()
 
     @classmethod
     async def open(cls, home: Path | None, uri: str | None = None, cfg: LinkConfig = LinkConfig(),
@@ -101,9 +121,21 @@ class NodeLink:
             self.secctx = None
 
     async def request(self, code, path: str, payload: bytes = b"", what: str = "") -> aiocoap.Message:
+        size = 2 ** (4 + self.cfg.block_exp)
+        blocks = len(payload) // size + 1
+        if self.messages + blocks + 64 > MESSAGES_PER_CONTEXT:   # 64: room for a block-wise answer
+            await self._fresh_context()
+        self.messages += blocks
         msg = aiocoap.Message(code=code, uri=f"{self.uri}/{path}", payload=payload, transport_tuning=tuning(self.cfg))
+        if self.cfg.block_exp != 6 and len(payload) > size:
+            with warnings.catch_warnings():   # aiocoap takes a request's Block1 as the size to send in
+                warnings.simplefilter("ignore", DeprecationWarning)
+                msg.opt.block1 = (0, False, self.cfg.block_exp)
+        deadline = self.cfg.deadline_s + 4 * self.cfg.ack_timeout * blocks
         try:
-            resp = await self.ctx.request(msg).response
+            resp = await asyncio.wait_for(self.ctx.request(msg).response, deadline)
+        except asyncio.TimeoutError:
+            raise NodeUnreachable(f"{what or path}: no answer within {deadline:.0f} s") from None
         except NotAProtectedMessage as e:
             # The node answered in the clear: it could not find or use our context (4.01), or failed before
             # OSCORE. Either way the answer is the node's word on the request, so it is raised as such.

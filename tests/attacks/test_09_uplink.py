@@ -196,3 +196,39 @@ def test_sender_sets_refused_items_aside_and_goes_on(cli, tee, home, paired, nod
     reason = next((home / "uplink" / "outbox" / "rejected").glob("*.reason")).read_text()
     assert reason.startswith("4.03")
     assert _stored(node) == 1 and good.seq == 2
+
+
+def test_unprotected_blockwise_body_refused_at_its_first_block(node):
+    """An unauthenticated peer cannot make the node assemble a body: 4.01 at block 0, nothing kept."""
+    with UdpRelay(("127.0.0.1", node.port)) as relay:
+        resp = asyncio.run(_plain(f"coap://127.0.0.1:{relay.port}", aiocoap.POST, "update", b"\x00" * 200_000))
+        ups = [d for d in relay.records if d.direction == "up"]
+    assert resp.code == aiocoap.UNAUTHORIZED and b"OSCORE required" in resp.payload
+    assert len(ups) <= 2          # the first block (and at most one retransmission), not 196 of them
+
+
+def test_item_above_the_size_limit_is_refused(cli, tee, home, paired, workdir):
+    small = NodeProcess(workdir / "small-node", max_item_bytes=64 << 10).start()
+    try:
+        cli("uplink", "enroll", "--node", small.uri, home=home, tee=tee)
+        dev = _device_address(cli, home, tee)
+        big = dict(manifest(), cids=[f"bafkrei{i:0120d}" for i in range(1000)])    # ~125 KB of CIDs
+
+        async def send():
+            from agent.tee.handshake import sign_digest
+            from agent.tee.session import ChainedSession
+            link = await NodeLink.open(home)
+            try:
+                with ChainedSession.open(tee.url, home) as s:
+                    body = items.envelope("manifest", big, dev=dev, seq=1, sign=lambda d: sign_digest(s, d).signature)
+                assert len(body) > 64 << 10
+                with pytest.raises(NodeRejected) as e:
+                    await link.send_item("manifest", body)
+                return e.value
+            finally:
+                await link.close()
+        err = asyncio.run(send())
+        assert err.code == "4.13"
+        assert _stored(small) == 0
+    finally:
+        small.stop()

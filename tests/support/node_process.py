@@ -20,11 +20,13 @@ def free_udp_port() -> int:
 
 class NodeProcess:
     def __init__(self, folder: Path, *, port: int | None = None, min_updates: int = 1000,
-                 round_seconds: float = 3600.0, max_norm: float = 100.0, superlink: str | None = None) -> None:
+                 round_seconds: float = 3600.0, max_norm: float = 100.0, superlink: str | None = None,
+                 max_item_bytes: int | None = None) -> None:
         self.folder = folder
         self.port = port or free_udp_port()
         self.args = ["--min-updates", str(min_updates), "--round-seconds", str(round_seconds),
-                     "--max-norm", str(max_norm)] + (["--superlink", superlink] if superlink else [])
+                     "--max-norm", str(max_norm)] + (["--superlink", superlink] if superlink else []) + (
+                         ["--max-item-bytes", str(max_item_bytes)] if max_item_bytes else [])
         self.log = folder.parent / f"{folder.name}.log"
         self.proc: subprocess.Popen | None = None
 

@@ -58,7 +58,7 @@ DOORS = {
     "coincurve": {"tee_sim/keys.py", "agent/signature.py", "agent/node/identity.py"},
     # CoAP: the device's link and OSCORE contexts; the node's resources and server
     "aiocoap": {"agent/uplink/link.py", "agent/uplink/oscore_ctx.py", "agent/node/resources.py",
-                "agent/node/server.py"},
+                "agent/node/server.py", "agent/node/block1.py"},
     "serial": {"tee_sim/server.py", "tee_sim/log.py", "tee_sim/__main__.py", "agent/tee/client.py",
               "agent/ingest/reader.py"},
     "Crypto": {"tee_sim/abi/digests.py"},
