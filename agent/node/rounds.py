@@ -97,7 +97,8 @@ class Rounds:
     def _sweep(self) -> None:
         """Remove update files no open round needs: a crash after a round closed (before its files went), or
         after a file was written but before its row committed (the device resends it)."""
-        keep = {row[3] for row in self.state.round_updates(self.current.id)}
+        r = self.current
+        keep = {row[3] for row in self.state.round_updates(r.id)} if r.closed is None else set()
         for path in self.updates.glob("*.upd"):
             if path.name not in keep:
                 path.unlink()
@@ -149,6 +150,8 @@ class Rounds:
 
     def _rebuild(self) -> RoundAggregator:
         agg = self._new_agg()
+        if self.current.closed is not None:   # upstream, between rounds: its updates are folded and gone
+            return agg
         for _addr, _seq, samples, file, width, staleness in self.state.round_updates(self.current.id):
             width = 1.0 if width is None else width
             agg.add(self._tensors((self.updates / file).read_bytes(), width), samples, width, staleness or 0)

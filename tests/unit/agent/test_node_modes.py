@@ -147,3 +147,24 @@ def test_config_is_checked():
         RoundConfig(rule="mode")
     with pytest.raises(ValueError, match="width"):
         RoundConfig(width=0.5)
+
+
+def test_upstream_node_restarts_between_rounds(tmp_path):
+    """Upstream (demand server) mode: a node restarted after a group round closed waits, then opens the next."""
+    node = _node(tmp_path, upstream=True, min_updates=1, max_norm=50.0)
+    assert messages.decode("round", node.round_message(None))["open"] is False
+    dev = SoftDevice()
+    sid = _enroll(node, dev, tmp_path / "d", 1.0)
+    start = node.rounds.global_weights()
+    node.rounds.open_with(start, 1, 60.0)
+    rnd = messages.decode("round", node.round_message(sid))
+    assert rnd["open"] and rnd["round"] == 1
+    assert _send(node, dev, sid, rnd, _rand([w.shape for w in start], 1), 5, 1) == "aggregated"
+    status = messages.decode("demand_status", node.demand_status())
+    assert status["open"] is False and status["samples"] == 5 and "model" in status
+    node.close()
+    node = _node(tmp_path, upstream=True, min_updates=1, max_norm=50.0)     # restarted while closed
+    assert messages.decode("round", node.round_message(None))["open"] is False
+    node.rounds.open_with(start, 1, 60.0)
+    assert messages.decode("round", node.round_message(None))["round"] == 2
+    node.close()
