@@ -37,7 +37,7 @@ utime + stime from /proc (10 ms ticks), and the server's minor page faults per u
    envelope (items.envelope, coincurve signature r||s||v+27, checked by agent.signature.verify);
    then the envelope POSTed over OSCORE to /update through tests/support/udp_relay.py, every UDP
    payload counted both ways (and with 28 bytes of IPv4 + UDP header per datagram). And whether
-   LinkConfig(block_exp=4) changes the block size (datagrams counted the same way).
+   whether aiocoap's TransportTuning alone changes a client's block size (it does not: NodeLink sets Block1).
 3. Message IDs: CON requests per second reached in 1., against the 65536 IDs a peer may use per
    EXCHANGE_LIFETIME (247 s); and what aiocoap does when an ID comes round within that time: a forced
    wrap (the client's counter set back to an ID used a moment before) and, with --mid-wrap-real, a
@@ -713,8 +713,9 @@ async def _amain(args, server, secctx, folders, pin, cores, med) -> None:
               f"the envelope")
     lc = await wire_bytes(server, secctx, body_of(64 * KIB), oscore=False, tuning_=tuning(LinkConfig(block_exp=4)),
                           path="stream")
-    print(f"  LinkConfig(block_exp=4), i.e. 256-byte blocks meant, a 64 KiB POST: {lc['n_up']} request datagrams "
-          f"(largest {lc['max_up']} B) -> {'IGNORED, 1024-byte blocks' if lc['n_up'] <= 64 else 'honoured'}")
+    print(f"  TransportTuning(DEFAULT_BLOCK_SIZE_EXP=4) alone, a 64 KiB POST: {lc['n_up']} request datagrams "
+          f"(largest {lc['max_up']} B) -> {'ignored by the client' if lc['n_up'] <= 64 else 'honoured'}; "
+          f"NodeLink.request sets the request's Block1 instead (tests/integration/test_uplink_link.py)")
 
     # 3. message IDs
     print("\n3. Message IDs: 16 bits per client context; the server keeps (peer, ID) for EXCHANGE_LIFETIME 247 s:")
