@@ -94,15 +94,19 @@ def test_guest_reaches_only_the_host_side(guest):
 
 
 def test_uplink_to_a_node_on_the_host(guest, guest_figures, tmp_path):
-    """The device in the guest enrolls with a node on the host (10.0.2.2), queues items signed by its
-    secure world and sends them over OSCORE; the node's database shows each exactly once, bytes equal."""
+    """One federated round between the arm64 device and a node on the host (10.0.2.2): the device enrolls,
+    queues two updates and a manifest signed by its secure world, sends them over OSCORE; the node takes
+    each exactly once, closes the round on them, and the device fetches the new global model it made.
+
+    The updates are random deltas shaped like the node's model, not LiteRT training: the train signature
+    crashes on aarch64 (docs/qemu.md)."""
     import hashlib
     import sqlite3
     import subprocess
 
     state = tmp_path / "node"
     node = guest.host_command([sys.executable, "-m", "agent", "node", "serve", "--listen", "127.0.0.1:5683",
-                               "--state", str(state), "--min-updates", "1000"],
+                               "--state", str(state), "--min-updates", "2"],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
     try:
         assert "listening" in node.stdout.readline().decode()
@@ -113,20 +117,24 @@ def test_uplink_to_a_node_on_the_host(guest, guest_figures, tmp_path):
                           f"--tee {TEE_URL} --node {uri} --updates 2 --manifests 1 --seed 3'", 600)
         queued = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         sent = _json_of(guest.check(f"{NW} '{AITN} uplink send --json'", 600))
-        guest_figures.setdefault("virt", {})["uplink_enroll_queue_send_s"] = round(time.monotonic() - t0, 1)
+        rnd = _json_of(guest.check(f"{NW} '{AITN} uplink round --model-out /tmp/global.aitw --json'", 300))
+        guest_figures.setdefault("virt", {})["uplink_round_s"] = round(time.monotonic() - t0, 1)
     finally:
         node.terminate()
         node.wait(15)
     assert len(queued) == 3 and sent["sent"] == 3 and sent["outbox"]["items"] == 0
+    assert sent["acks"] == {"aggregated": 2, "accepted": 1}
     db = sqlite3.connect(state / "node.db")
-    rows = {seq: (kind, payload, file) for seq, kind, payload, file in
-            db.execute("SELECT seq, kind, payload, file FROM items")}
+    rows = {seq: (kind, payload) for seq, kind, payload in db.execute("SELECT seq, kind, payload FROM items")}
+    closed = db.execute("SELECT updates, samples, result FROM rounds WHERE id = 1").fetchone()
     db.close()
     assert sorted(rows) == sorted(q["seq"] for q in queued)
     for q in queued:
-        kind, payload, file = rows[q["seq"]]
-        data = payload if kind == "manifest" else (state / "updates" / file).read_bytes()
-        assert hashlib.sha256(data).hexdigest() == q["sha256"]
+        if q["kind"] == "manifest":
+            assert hashlib.sha256(rows[q["seq"]][1]).hexdigest() == q["sha256"]
+    # round 1 closed on exactly the two updates; the device now holds the model it produced
+    assert closed[0] == 2 and closed[1] == sum(q["samples"] for q in queued if q["kind"] == "update")
+    assert rnd["round"] == 2 and rnd["hash"] == closed[2].hex()
 
 
 @pytest.mark.timeout(2400)  # under emulation the unit tests take minutes
