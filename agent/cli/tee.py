@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
+from pathlib import Path
 
 from tee_sim.abi import digests
 from tee_sim.abi.ids import Cmd
@@ -15,7 +17,10 @@ from ..config import Globals
 from ..errors import AgentError
 from ..tee import handshake
 from ..tee.chainlog import ChainLog
+from ..tee import pcapng
+from ..tee.capture import CaptureRelay, Recorder, unix_path, write_trace
 from ..tee.client import TraceEvent
+from ..tee.decode import decode_capture, format_packet, summary, to_json
 from ..tee.pairing import pair
 from ..tee.session import CHAIN_FILE, ChainedSession
 from ..tee.trace import format_event
@@ -82,10 +87,15 @@ def cmd_tee_handshake(g: Globals, args: argparse.Namespace) -> int:
     events: list[TraceEvent] = []
     digest = bytes.fromhex(args.digest.removeprefix("0x")) if args.digest else os.urandom(32)
     t0 = time.perf_counter()
-    with ChainedSession.open(g.tee, g.home, timeout=g.timeout, trace=events.append) as s:
-        signed = handshake.sign_digest(s, digest)
-        total = time.perf_counter() - t0
-        steps = list(s.steps)
+    try:
+        with ChainedSession.open(g.tee, g.home, timeout=g.timeout, trace=events.append) as s:
+            signed = handshake.sign_digest(s, digest)
+            total = time.perf_counter() - t0
+            steps = list(s.steps)
+    finally:  # a failed handshake is the one worth capturing
+        if args.capture:
+            with open(args.capture, "wb") as out:
+                write_trace(out, events, g.tee, "aitn tee handshake")
     address = verify_and_address(g, signed.digest, signed.signature)
     obj = {"digest": _hex(signed.digest), "signature": _hex(signed.signature), "address": address,
            "height": signed.height, "total_ms": round(total * 1e3, 3),
@@ -101,6 +111,69 @@ def cmd_tee_handshake(g: Globals, args: argparse.Namespace) -> int:
     lines += [f"handshake ok in {total * 1e3:.3f} ms: digest {_hex(signed.digest)}",
               f"signature {_hex(signed.signature)}", f"signer {address} (chain height {signed.height})"]
     _print(args, obj, "\n".join(lines))
+    return 0
+
+
+def cmd_tee_capture(g: Globals, args: argparse.Namespace) -> int:
+    """Relay between the normal world (at --listen) and the secure world (--tee), recording every frame."""
+    def stop(_signum, _frame) -> None:
+        relay.stop()
+
+    unix_path(args.listen, "--listen")  # refuse bad URLs before creating the file
+    unix_path(g.tee, "the secure world's URL (--tee)")
+    try:
+        out = open(args.out, "wb")
+    except OSError as e:
+        raise AgentError(f"{args.out}: {e.strerror or e}") from None
+    with out:
+        recorder = Recorder(out, args.count)
+        relay = CaptureRelay(args.listen, g.tee, recorder,
+                             log=lambda line: print(f"aitn: capture: {line}", file=sys.stderr, flush=True))
+        try:
+            relay.start()
+        except AgentError:
+            os.unlink(args.out)
+            raise
+        previous = signal.signal(signal.SIGTERM, stop)
+        t0 = time.monotonic()
+        print(f"capturing to {args.out}: listening on {args.listen}, forwarding to {g.tee}", file=sys.stderr,
+              flush=True)
+        try:
+            relay.wait(args.duration)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            relay.close()
+    obj = {"file": args.out, "frames": recorder.packets, "connections": relay.connections,
+           "seconds": round(time.monotonic() - t0, 3)}
+    _print(args, obj, f"captured {obj['frames']} frames on {obj['connections']} connections in "
+                      f"{obj['seconds']:.1f} s to {args.out}")
+    return 0
+
+
+def cmd_tee_decode(g: Globals, args: argparse.Namespace) -> int:
+    try:
+        data = Path(args.file).read_bytes()
+    except OSError as e:
+        raise AgentError(f"{args.file}: {e.strerror or e}") from None
+    try:
+        capture = pcapng.parse(data)
+    except pcapng.PcapngError as e:
+        raise type(e)(f"{args.file}: {e}") from None
+    decoded = decode_capture(capture)
+    t0 = decoded[0].ts_us if decoded else 0
+    if args.json:
+        print(json.dumps({**summary(decoded), "frames": [to_json(d, t0) for d in decoded]}, indent=2))
+        return 0
+    try:
+        for d in decoded:
+            print("\n".join(format_packet(d, t0)))
+        s = summary(decoded)
+        print(f"{s['packets']} frames, {s['malformed']} malformed, transports: "
+              f"{', '.join(s['transports']) or 'none'}", flush=True)
+    except BrokenPipeError:  # `aitn tee decode F | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
@@ -172,8 +245,22 @@ def add_parsers(sub, json_flag) -> None:
     p = tee_p.add_parser("handshake", help="run one SIGN/CHALLENGE/PROOF handshake")
     p.add_argument("--trace", action="store_true", help="print every frame as hex and decoded fields")
     p.add_argument("--digest", help="32-byte hex digest to sign (default: random)")
+    p.add_argument("--capture", metavar="FILE.pcapng", help="write the handshake's frames to a pcapng file")
     json_flag(p)
     p.set_defaults(func=cmd_tee_handshake)
+    p = tee_p.add_parser("capture", help="relay the normal world to the secure world, recording frames (pcapng)")
+    p.add_argument("--out", required=True, metavar="FILE.pcapng", help="capture file to write")
+    p.add_argument("--listen", required=True, metavar="unix:///PATH",
+                   help="socket the normal world connects to instead of the secure world (point its --tee here)")
+    until = p.add_mutually_exclusive_group()
+    until.add_argument("--count", type=int, help="stop after N frames (default: until interrupted)")
+    until.add_argument("--duration", type=float, help="stop after S seconds (default: until interrupted)")
+    json_flag(p)
+    p.set_defaults(func=cmd_tee_capture)
+    p = tee_p.add_parser("decode", help="decode a capture: frames, commands, results, chain heights")
+    p.add_argument("file", metavar="FILE.pcapng")
+    json_flag(p)
+    p.set_defaults(func=cmd_tee_decode)
 
     id_p = sub.add_parser("identity", help="the device identity").add_subparsers(dest="cmd", required=True)
     p = id_p.add_parser("show", help="EVM address and public key of the device key")
