@@ -1,4 +1,5 @@
-"""bench/convergence.py's figure: accuracy and ROC AUC per round (left) and per simulated second (right)."""
+"""bench/convergence.py's figure: accuracy and ROC AUC per global version (left) and per simulated second (right),
+both on log x axes so that the first rounds, where the methods differ, are readable."""
 
 from __future__ import annotations
 
@@ -25,20 +26,20 @@ def plot(path: Path, curves: dict[str, list[dict]], central: dict, targets: dict
                                                ("sim_s", "simulated wall-clock seconds"))):
             ax = axes[row][col]
             for name, pts in curves.items():
+                pts = [p for p in pts if p[xkey] > 0]           # log x: the initial model (0) is left out
                 ax.plot([p[xkey] for p in pts], [p[metric] for p in pts], label=name,
                         **styles.get(name, {}))
             ax.axhline(central[metric], color="k", ls="-", lw=0.8, label=f"centralized (final) {central[metric]:.4f}")
             ax.axhline(targets[metric], color="k", ls="--", lw=0.8, label=f"95% target {targets[metric]:.4f}")
             lo = min(targets[metric] - 0.05, 0.85 if metric == "acc" else 0.8)
             ax.set_ylim(lo, 1.002)
-            if xkey == "round":
-                ax.set_xscale("symlog", linthresh=10)
+            ax.set_xscale("log")
             ax.set_xlabel(xlabel)
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
             if row == 0 and col == 1:
                 ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title + "\nlog x axes (the initial model, version 0 at 0 s, is not shown)", fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

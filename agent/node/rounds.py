@@ -46,12 +46,13 @@ class RoundConfig:
     max_norm: float = 100.0
     upstream: bool = False   # rounds are opened by the demand server (agent/node/bridge.py), not one after another
     widths: tuple[float, ...] = (1.0,)   # HeteroFL sub-model widths the node hands out by device capacity
-    rule: str = "fedavg"                  # the rest: agent/node/aggregators.py AggregationConfig
-    trim: float = 0.1
-    norm_policy: str = "reject"
-    mode: str = "sync"
-    k: int = 10
-    max_staleness: int = 4
+    # the rest is agent/node/aggregators.py's AggregationConfig, with its defaults
+    rule: str = AggregationConfig.rule
+    trim: float = AggregationConfig.trim
+    norm_policy: str = AggregationConfig.norm_policy
+    mode: str = AggregationConfig.mode
+    k: int = AggregationConfig.k
+    max_staleness: int = AggregationConfig.max_staleness
 
     def __post_init__(self) -> None:
         self.aggregation()   # ValueError naming the field
