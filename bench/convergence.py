@@ -63,11 +63,10 @@ own data is timed 5 times at each width it uses (LiteRT on this host, one core; 
 devices in turn) and its fastest time kept. The simulation's compute time of a device is the per-width
 line a + b x rows fitted through those times (--timing model, default: local_round is an interpreter
 load plus work linear in the rows; single devices' timings on this shared host are noisy enough to
-reorder the event simulation from one run to the next), or each device's own (--timing measured). A device's
-round takes that compute time x its slowdown (5 for stragglers, else 1) + a fixed --comm-s (5 ms) for
-the model down and the update up. A sync round takes the slowest
-device's time; FedBuff is an event simulation on the same times (node <-> demand server messages take
-no time). The seconds are host-CPU seconds of real local_round runs, not a robot's: read the ratios.
+reorder the event simulation from one run to the next), or each device's own (--timing measured).
+A device's round takes that compute time x its slowdown (5 for stragglers, else 1) + a fixed --comm-s
+(5 ms) for the model down and the update up. A sync round takes the slowest device's time; FedBuff is
+an event simulation on the same times (node <-> demand server messages take no time). The seconds are host-CPU seconds of real local_round runs, not a robot's: read the ratios.
 Sync FedAvg and FedBuff run to the same simulated horizon (sync's --rounds rounds).
 
 Targets (issue): (1) sync FedAvg's final model >= 95% of centralized accuracy AND AUC; (2) with the

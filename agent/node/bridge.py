@@ -3,7 +3,9 @@
 Called by the node's Flower ClientApp (flower_app/aitn_flower/client_app.py), which the node's
 SuperNode runs next to the node daemon. Over CoAP on loopback: POST /demand opens the round, GET
 /demand is polled until it closes. The aggregate goes back to Flower with num-examples = the
-group's total samples, so Flower's FedAvg over nodes is the exact sample-weighted mean over devices.
+group's total samples, so for full-width synchronous rounds Flower's FedAvg over nodes is exactly the
+sample-weighted mean over all devices (with HeteroFL widths or FedBuff, each node's aggregate already
+weights by coverage or staleness, and Flower weights the nodes by their sample totals).
 """
 
 from __future__ import annotations

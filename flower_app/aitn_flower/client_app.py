@@ -1,8 +1,8 @@
 """The node's Flower ClientApp: run one group round on the node daemon, return the group's aggregate.
 
 The SuperNode that runs it is started with --node-config "node-uri='coap://127.0.0.1:PORT'" (the node
-daemon on the same machine). num-examples = the group's total samples, so Flower's FedAvg over nodes
-is exactly the sample-weighted mean over all devices.
+daemon on the same machine). num-examples = the group's total samples, so for full-width synchronous
+rounds Flower's FedAvg over nodes is exactly the sample-weighted mean over all devices.
 """
 
 import asyncio

@@ -146,7 +146,7 @@ def kernel_package() -> str:
 
 #: Test extras the guest does without: river is there only for the Shuttle data file it ships, and
 #: would bring scipy (over 100 MB of RAM in an initramfs); the tests that read it skip, saying so.
-NOT_IN_GUEST = ("river", "dp-accounting", "flwr")  # too big for the initramfs (scipy; grpcio, uv, fastapi...)
+NOT_IN_GUEST = ("river", "dp-accounting", "flwr", "matplotlib")  # too big for the initramfs (scipy; grpcio, uv, fastapi...)
 
 
 def requirements() -> list[str]:
