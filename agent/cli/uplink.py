@@ -113,7 +113,7 @@ def cmd_round(g: Globals, args: argparse.Namespace) -> int:
             await link.close()
 
     rnd, model = asyncio.run(fetch())
-    obj = dict(rnd, hash=rnd["hash"].hex())
+    obj = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in rnd.items()}   # hash, sub, sig as hex
     text = (f"round {rnd['round']}: {rnd['model']} width {rnd['width']:g}, model {rnd['hash'].hex()[:16]}.., "
             f"{rnd['accepted']}/{rnd['min']} updates, deadline {time.strftime('%H:%M:%S', time.localtime(rnd['deadline']))}")
     if model is not None:

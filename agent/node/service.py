@@ -177,6 +177,7 @@ class NodeService:
                "min": r.min_updates, "accepted": r.updates, "open": r.closed is None}
         if width != 1.0:
             msg["sub"] = hashlib.sha256(self.rounds.sub_model(width)).digest()
+        msg["sig"] = self.key.sign(messages.round_digest(msg))
         return messages.encode("round", msg)
 
     def status(self) -> dict:

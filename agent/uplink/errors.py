@@ -1,4 +1,5 @@
-"""Errors of the uplink (device side) and the node. Exit codes 70-79 (and 80: agent/node/fedavg.UpdateRejected).
+"""Errors of the uplink (device side) and the node. Exit codes 70-79, and 80-84 (fedavg, fedbuff, bridge,
+demand server, UntrustedRound below).
 
 On the node the same types choose the CoAP error a request gets (agent/node/resources.py):
 unknown device 4.01, bad signature 4.03, everything else malformed or conflicting 4.00.
@@ -73,3 +74,9 @@ class EnrollmentError(UplinkError):
     """Enrollment failed: the node refused, or its answer does not verify (wrong node key, bad signature)."""
 
     exit_code = 79
+
+
+class UntrustedRound(UplinkError):
+    """A round announcement (and so the model it names) not signed by the node this device enrolled with."""
+
+    exit_code = 84

@@ -21,8 +21,15 @@ from aiocoap.numbers.constants import TransportTuning
 from aiocoap.oscore import NotAProtectedMessage
 
 from ..fsio import write_atomic
+from ..signature import InvalidSignature, verify
 from . import messages
-from .errors import EnrollmentError, NodeRejected, NodeUnreachable, UnknownDevice
+from .errors import (
+    EnrollmentError,
+    NodeRejected,
+    NodeUnreachable,
+    UnknownDevice,
+    UntrustedRound,
+)
 from .oscore_ctx import load_context
 
 UPLINK_DIR = "uplink"
@@ -80,9 +87,21 @@ def _raise_for(resp: aiocoap.Message, what: str) -> None:
     raise NodeUnreachable(f"{what}: node answered {resp.code.dotted}: {text}")
 
 
+def check_round(rnd: dict, node_address: bytes) -> None:
+    """Raise UntrustedRound unless ``rnd`` carries ``node_address``'s signature over its fields."""
+    if "sig" not in rnd:
+        raise UntrustedRound(f"round {rnd['round']} is not signed (expected node 0x{node_address.hex()})")
+    try:
+        verify(messages.round_digest(rnd), rnd["sig"], node_address)
+    except InvalidSignature as e:
+        raise UntrustedRound(f"round {rnd['round']}: {e}") from None
+
+
 class NodeLink:
-    def __init__(self, ctx: aiocoap.Context, uri: str, cfg: LinkConfig, secctx=None) -> None:
+    def __init__(self, ctx: aiocoap.Context, uri: str, cfg: LinkConfig, secctx=None,
+                 node_address: bytes | None = None) -> None:
         self.ctx, self.uri, self.cfg, self.secctx = ctx, uri.rstrip("/"), cfg, secctx
+        self.node_address = node_address   # set when enrolled: round announcements must carry its signature
         self.messages = 0           # CON messages sent through self.ctx (one per block, and one more)
         self.renewals = 0           # client contexts replaced (MESSAGES_PER_CONTEXT)
 
@@ -100,7 +119,7 @@ class NodeLink:
                    protected: bool = True) -> "NodeLink":
         """A link to the enrolled node (or to ``uri`` unprotected, for enrollment)."""
         ctx = await aiocoap.Context.create_client_context()
-        secctx = None
+        secctx, node_address = None, None
         if protected:
             record = read_node(home)
             if record is None:
@@ -109,10 +128,11 @@ class NodeLink:
             uri = uri or record["uri"]
             secctx = load_context(uplink_dir(home) / "oscore")
             ctx.client_credentials[uri.rstrip("/") + "/*"] = secctx
+            node_address = bytes.fromhex(record["node"])
         if uri is None:
             await ctx.shutdown()
             raise EnrollmentError("no node URI")
-        return cls(ctx, uri, cfg, secctx)
+        return cls(ctx, uri, cfg, secctx, node_address)
 
     async def close(self) -> None:
         await self.ctx.shutdown()
@@ -155,8 +175,11 @@ class NodeLink:
         return (await self.request(aiocoap.GET, path)).payload
 
     async def round(self) -> dict:
-        resp = await self.request(aiocoap.GET, "round")
-        return messages.decode("round", resp.payload)
+        """The node's round; on an enrolled link, only if the node we enrolled with signed it."""
+        rnd = messages.decode("round", (await self.request(aiocoap.GET, "round")).payload)
+        if self.node_address is not None:
+            check_round(rnd, self.node_address)
+        return rnd
 
     async def model(self, expected_hash: bytes) -> bytes:
         data = (await self.request(aiocoap.GET, "model")).payload

@@ -101,6 +101,7 @@ SCHEMAS: dict[str, dict[str, F]] = {
         "accepted": F(_UINT, check=_range(0, MAX_SEQ)),
         "open": F((bool,)),                     # False: closed, waiting for the next (devices do not train)
         "sub": F((bytes,), required=False, check=_len(32)),   # sha256 of this device's HeteroFL slice at /model
+        "sig": F((bytes,), required=False, check=_len(65)),   # the node key's signature over round_digest
     },
     # the demand server's bridge (the node's Flower ClientApp) -> node, loopback only
     "demand": {
@@ -207,6 +208,13 @@ def enrolled_digest(request_digest: bytes, msg: dict) -> bytes:
     """What the node signs in answer: its fields bound to the request they answer."""
     fields = {k: v for k, v in msg.items() if k != "sig"}
     return keccak256(b"AITN-ENROLLED\x01" + request_digest + cbor2.dumps(fields, canonical=True))
+
+
+def round_digest(msg: dict) -> bytes:
+    """What the node signs in a round announcement: every field but the signature (so the model's hash
+    and the device's slice hash reach the device as the node's word)."""
+    fields = {k: v for k, v in msg.items() if k != "sig"}
+    return keccak256(b"AITN-ROUND\x01" + cbor2.dumps(fields, canonical=True))
 
 
 def parse_item(data: bytes, expected_kind: str | None = None) -> tuple[dict, dict]:
