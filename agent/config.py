@@ -6,7 +6,7 @@ physical limits of the sensor channels (for cleaning). Loading is strict: an unk
 missing key or a value of the wrong type or range is a ConfigError naming the file and the key.
 
 Precedence for the global settings: command-line flag, then environment (``AITN_HOME``,
-``AITN_TEE``, ``AITN_BOARD``), then the board file, then the built-in default.
+``AITN_TEE``, ``AITN_BOARD``, ``AITN_CYCLE_S``), then the board file, then the built-in default.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from .errors import ConfigError
 
 DEFAULT_HOME = "/var/lib/aitn"
 DEFAULT_TEE = "unix:///run/aitn/tee.sock"
+#: The incentive cycle, seconds (the network's 24 hours; tests shorten it).
+DEFAULT_CYCLE_S = 86400.0
 #: Disk quota of the local blockstore, bytes.
 DEFAULT_STORE_QUOTA = 1 << 30
 #: Where board files are looked up: the source tree (or the installed package's copy), then /etc.
@@ -33,6 +35,7 @@ class Globals:
     tee: str
     timeout: float = 10.0
     board: "BoardConfig | None" = None
+    cycle_s: float = DEFAULT_CYCLE_S
 
 
 @dataclass(frozen=True)
@@ -173,14 +176,22 @@ def tee_url(board: BoardConfig) -> str:
 
 
 def resolve_globals(home: str | None, tee: str | None, board: str | None, timeout: float,
-                    environ: dict[str, str] | None = None) -> Globals:
+                    environ: dict[str, str] | None = None, cycle_s: float | None = None) -> Globals:
     """Flag, then environment, then board file, then built-in default."""
     env = os.environ if environ is None else environ
     board_name = board or env.get("AITN_BOARD")
     cfg = load_board(board_name) if board_name else None
     home = home or env.get("AITN_HOME") or (cfg.home if cfg else DEFAULT_HOME)
     tee = tee or env.get("AITN_TEE") or (tee_url(cfg) if cfg else DEFAULT_TEE)
-    return Globals(Path(home), tee, timeout, cfg)
+    if cycle_s is None:
+        text = env.get("AITN_CYCLE_S")
+        try:
+            cycle_s = float(text) if text else DEFAULT_CYCLE_S
+        except ValueError:
+            raise ConfigError(f"AITN_CYCLE_S={text!r}: expected seconds") from None
+    if not cycle_s >= 1 or cycle_s == float("inf"):
+        raise ConfigError(f"incentive cycle {cycle_s!r} s: must be at least 1 s")
+    return Globals(Path(home), tee, timeout, cfg, float(cycle_s))
 
 
 def as_dict(cfg: BoardConfig) -> dict:

@@ -1,7 +1,10 @@
 """Errors of the normal world. Each class carries the CLI exit code it maps to (typed exits).
 
 Exit codes: 1 general, 3 configuration, 10-19 secure world, 20-29 private chain, 30-39 data integrity,
-40-49 privacy (agent/privacy/errors.py), 50-59 sensor link (agent/ingest).
+40-49 privacy (agent/privacy/errors.py), 50-59 sensor link (agent/ingest), 60-69 training
+(agent/train/errors.py), 70-84 uplink and node (agent/uplink/errors.py), 85-87 work utility and
+incentives (agent/utility/errors.py), 88 device identity (agent/identity/errors.py), 90-94 TEE
+debugging tools (agent/tee/debug_errors.py).
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ import sys
 
 from .. import __version__, config
 from ..errors import AgentError
-from . import board, data, demand, node, sensor, tee, train, uplink
+from . import board, data, demand, node, sensor, tee, train, uplink, utility
 
-GROUPS = (tee, data, train, uplink, node, demand, board, sensor)
+GROUPS = (tee, data, train, uplink, node, demand, board, sensor, utility)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--tee", help="secure world URL: unix:///path or a pyserial URL "
                                   f"($AITN_TEE, the board's, or {config.DEFAULT_TEE})")
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the secure world")
+    ap.add_argument("--cycle-seconds", type=float, help="incentive cycle length ($AITN_CYCLE_S, or "
+                                                        f"{config.DEFAULT_CYCLE_S:g} s)")
     sub = ap.add_subparsers(dest="group", required=True)
 
     def json_flag(p: argparse.ArgumentParser) -> None:
@@ -37,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        g = config.resolve_globals(args.home, args.tee, args.board, args.timeout)
+        g = config.resolve_globals(args.home, args.tee, args.board, args.timeout, cycle_s=args.cycle_seconds)
         return args.func(g, args)
     except AgentError as e:
         print(f"aitn: error: {e}", file=sys.stderr)

@@ -76,11 +76,13 @@ def cmd_ingest(g: Globals, args: argparse.Namespace) -> int:
         if not args.json:
             print(f"stored {m.root}  {m.records} records  {m.compressed_bytes} B", flush=True)
 
-    with ChainedSession.open(g.tee, g.home, timeout=g.timeout) as session:
+    from ..utility.meters import Meters
+
+    with ChainedSession.open(g.tee, g.home, timeout=g.timeout) as session, Meters(g.home, g.cycle_s) as meters:
         summary = service.run(g.home, url=url, baudrate=baudrate, device=digests.checksum_address(address),
                               limits=limits, policy=policy, pseudonymize=TeePseudonymizer(session),
                               store=_datasets(g), cfg=cfg, duration=args.duration, count=args.count,
-                              on_batch=on_batch)
+                              on_batch=on_batch, meter=meters.add)
     from dataclasses import asdict
 
     obj = {"frames": summary.frames, "replayed": summary.replayed, "seconds": round(summary.seconds, 3),

@@ -14,6 +14,7 @@ from .common import _print
 
 
 def cmd_node_serve(g: Globals, args: argparse.Namespace) -> int:
+    from ..node.incentives import IncentiveConfig
     from ..node.rounds import RoundConfig
     from ..node.server import parse_listen, serve
 
@@ -25,6 +26,9 @@ def cmd_node_serve(g: Globals, args: argparse.Namespace) -> int:
                           max_norm=args.max_norm, upstream=bool(args.superlink), widths=widths, rule=args.rule,
                           trim=args.trim, norm_policy=args.norm_policy, mode=args.mode, k=args.k,
                           max_staleness=args.max_staleness)
+        incentives = IncentiveConfig(cycle_s=g.cycle_s, grace_s=args.report_grace, rule=args.allocation_rule,
+                                     base=args.cycle_reward)
+        incentives.check()
     except ValueError as e:
         raise ConfigError(str(e)) from None
     folder = args.state if args.state else g.home / "node"
@@ -38,7 +42,7 @@ def cmd_node_serve(g: Globals, args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(serve(folder, listen, cfg, board=g.board.name if g.board else "", ready=ready,
-                          max_body=args.max_item_bytes))
+                          max_body=args.max_item_bytes, incentives=incentives))
     finally:
         for p in supernode:
             p.terminate()
@@ -46,6 +50,30 @@ def cmd_node_serve(g: Globals, args: argparse.Namespace) -> int:
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
+    return 0
+
+
+def cmd_node_allocation(g: Globals, args: argparse.Namespace) -> int:
+    from ..incentive import statement
+    from ..node.identity import NodeKey
+    from ..node.incentives import IncentiveConfig, Incentives
+    from ..node.state import NodeState
+    from ..utility.errors import AllocationError
+
+    folder = args.state if args.state else g.home / "node"
+    if not (folder / "node.db").exists():
+        raise ConfigError(f"{folder}: no node state here (pass --state)")
+    state = NodeState(folder / "node.db")
+    try:
+        key = NodeKey.load_or_create(folder)
+        data = Incentives(state, key, IncentiveConfig(cycle_s=g.cycle_s)).statement(args.cycle)
+    finally:
+        state.close()
+    if data is None:
+        raise AllocationError(f"no allocation statement for cycle {args.cycle if args.cycle is not None else 'any'} "
+                              f"of {g.cycle_s:g} s")
+    msg = statement.verify(data, key.address)
+    _print(args, statement.to_json(msg), statement.describe(msg))
     return 0
 
 
@@ -110,7 +138,18 @@ def add_parsers(sub, json_flag) -> None:
                    help="largest item a device may POST (4.13 above it, before more is kept)")
     p.add_argument("--superlink", metavar="HOST:PORT",
                    help="join the demand server's Flower SuperLink: rounds are opened by it, not one after another")
+    p.add_argument("--allocation-rule", choices=("utility", "variable"), default="utility",
+                   help="share a cycle's incentive by work utility (fixed + variable) or by the variable part only")
+    p.add_argument("--cycle-reward", type=int, default=1000 * 10**18,
+                   help="the cycle's incentive before the node's addition, token base units (default 1000 AITN)")
+    p.add_argument("--report-grace", type=float,
+                   help="seconds after a cycle ends that its reports are still taken (default: a quarter cycle)")
     p.set_defaults(func=cmd_node_serve)
+    p = n.add_parser("allocation", help="a cycle's signed allocation statement from a node's state, checked")
+    p.add_argument("--state", type=Path, help="node state folder (default: HOME/node)")
+    p.add_argument("--cycle", type=int, help="the cycle (default: the latest allocated)")
+    json_flag(p)
+    p.set_defaults(func=cmd_node_allocation)
     p = n.add_parser("status", help="a node's status over CoAP: round, devices, accepted and rejected items")
     p.add_argument("--node", required=True, metavar="URI", help="coap://HOST:PORT")
     json_flag(p)

@@ -25,6 +25,7 @@ from ..tee.pairing import pair
 from ..tee.session import CHAIN_FILE, ChainedSession
 from ..tee.trace import format_event
 from .common import _hex, _identity, _print, _unchained, verify_and_address
+from .identity import add_identity_commands
 
 
 def cmd_tee_serve(g: Globals, args: argparse.Namespace) -> int:
@@ -266,6 +267,7 @@ def add_parsers(sub, json_flag) -> None:
     p = id_p.add_parser("show", help="EVM address and public key of the device key")
     json_flag(p)
     p.set_defaults(func=cmd_identity_show)
+    add_identity_commands(id_p, json_flag)
 
     p = sub.add_parser("sign", help="sign through the handshake (EIP-191 message or raw digest)")
     what = p.add_mutually_exclusive_group(required=True)

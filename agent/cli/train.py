@@ -24,6 +24,11 @@ def cmd_train(g: Globals, args: argparse.Namespace) -> int:
         ldp=ldp.LdpConfig(*ldp_flags) if args.ldp_clip is not None else None, quantize=args.quantize,
         seed=args.seed)
     m = job.run(g.home, _datasets(g), req)
+    from ..utility.emit import training_work
+    from ..utility.meters import Meters
+
+    with Meters(g.home, g.cycle_s) as meters:
+        meters.add(training_work(m))
     text = (f"{m['model']} w{m['width']:g}: {m['samples']} samples, {m['epochs']} epochs ({m['steps']} steps) "
             f"in {m['seconds']:.2f} s; loss {m['loss_before']:.4f} -> {m['loss_after']:.4f}; "
             f"update L2 {m['update_l2']:.4f}" + (" (int8)" if m["quantized"] else ""))

@@ -28,11 +28,16 @@ def _link_cfg(args: argparse.Namespace):
 
 
 def fixed_capacity(g: Globals) -> float:
-    """Cores x max MHz relative to a Pi 4 (4 x 1800 MHz = 1.0); 1.0 without a board file."""
-    if g.board is None:
-        return 1.0
-    hw = g.board.hardware
-    return round(hw.cpu_cores * hw.cpu_max_mhz / 7200.0, 4)
+    """The hardware's capacity relative to a Pi 4B (agent/utility/capacity.py): /proc and /sys, then the board."""
+    from ..utility import capacity
+
+    return capacity.capacity(capacity.probe(g.board.hardware if g.board else None))
+
+
+def _meters(g: Globals):
+    from ..utility.meters import Meters
+
+    return Meters(g.home, g.cycle_s)
 
 
 def _signer(session):
@@ -157,8 +162,11 @@ def cmd_send(g: Globals, args: argparse.Namespace) -> int:
                 except DatasetError:
                     pass  # removed here since it was queued: nothing left to mark
 
+    links: list = []
+
     async def run():
         link = await NodeLink.open(g.home, cfg=_link_cfg(args))
+        links.append(link)
         try:
             return await drain(outbox, link, backoff=Backoff(args.backoff, args.backoff_cap),
                                until_empty=not args.forever, max_failures=args.max_failures, on_ack=on_ack)
@@ -166,7 +174,12 @@ def cmd_send(g: Globals, args: argparse.Namespace) -> int:
             await link.close()
 
     t0 = time.perf_counter()
-    stats = asyncio.run(run())
+    try:
+        stats = asyncio.run(run())
+    finally:
+        if links:
+            with _meters(g) as m:
+                m.add(links[0].take_meters())
     obj = {"sent": stats.sent, "acks": stats.acks, "rejected": stats.rejected, "retries": stats.retries,
            "seconds": round(time.perf_counter() - t0, 3), "outbox": outbox.stats()}
     _print(args, obj, f"sent {stats.sent} item(s) {stats.acks}, {stats.rejected} rejected, {stats.retries} retries")
@@ -234,13 +247,15 @@ def cmd_device_run(g: Globals, args: argparse.Namespace) -> int:
     import signal
 
     from ..tee.session import ChainedSession
-    from ..uplink.link import NodeLink
+    from ..uplink.link import NodeLink, read_node
     from ..uplink.participate import step
+    from ..utility.emit import emit_due, training_work
 
     _, dev = _identity(g)
     store = _datasets(g)
     outbox = _outbox(g)
     stop = asyncio.Event()
+    capacity = (read_node(g.home) or {}).get("capacity")
 
     def datasets() -> list[str]:
         return [m.root for m in store.manifests() if not m.evicted]
@@ -251,10 +266,18 @@ def cmd_device_run(g: Globals, args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         link = await NodeLink.open(g.home, cfg=_link_cfg(args))
         done = 0
+        meters = _meters(g)
         try:
             while not stop.is_set() and (args.rounds is None or done < args.rounds):
                 with ChainedSession.open(g.tee, g.home, timeout=g.timeout) as s:
                     st = await step(g.home, link, outbox, store, dev=dev, sign=_signer(s), datasets=datasets)
+                    meters.add(link.take_meters())
+                    if st.trained:
+                        meters.add(training_work(st.metrics))
+                    reports = (emit_due(meters, outbox, dev=dev, sign=_signer(s), capacity=capacity)
+                               if capacity is not None else [])
+                for cycle, seq in reports:
+                    print(json.dumps({"report": cycle, "seq": seq}), flush=True)
                 if st.trained:
                     done += 1
                     m = st.metrics
@@ -266,6 +289,7 @@ def cmd_device_run(g: Globals, args: argparse.Namespace) -> int:
                 except asyncio.TimeoutError:
                     pass
         finally:
+            meters.close()
             await link.close()
         return done
 

@@ -104,6 +104,7 @@ class Ingest:
         self.clean_state = CleanState.from_json(self.state.clean) if self.state.clean else CleanState()
         self.link = LinkCounts()
         self.rows = 0
+        self.work = {"cleaned_bytes": 0, "desensitized_bytes": 0}   # for the work-utility meters (take_work)
         self.stored: list[Manifest] = []
         self._first_live = True
         self._batch_started = clock()
@@ -222,6 +223,8 @@ class Ingest:
         rows_in = len(table)
         cleaned, crep = clean(table, self.clean_cfg, self.clean_state, final=final)
         released, prep = desensitize(cleaned, self.policy, self.pseudonymize)
+        self.work["cleaned_bytes"] += _table_bytes(table)
+        self.work["desensitized_bytes"] += _table_bytes(cleaned)
         extra = {"generation": gen, "link": asdict(self.link), "clean": crep.to_json(),
                  "privacy": prep.to_json(), "rows_built": rows_in}
         payload = self.store.prepare(batchfmt.encode(released)) if len(released) else None
@@ -251,6 +254,11 @@ class Ingest:
         self._batch_started = self.clock()
         return m
 
+    def take_work(self) -> dict[str, int]:
+        """Bytes cleaned and desensitized since the last call."""
+        out, self.work = self.work, {"cleaned_bytes": 0, "desensitized_bytes": 0}
+        return out
+
     def _append_unreleased(self, extra: dict) -> None:
         """Counts of a batch with nothing to release (all suppressed): kept for `aitn data report`."""
         with open(self.dir / UNRELEASED, "a", encoding="utf-8") as f:
@@ -261,6 +269,10 @@ class Ingest:
     def close(self) -> None:
         self.spool.sync()
         self.spool.close()
+
+
+def _table_bytes(t) -> int:
+    return sum(int(col.nbytes) for col in t.columns.values())
 
 
 def report(home: Path, store: DatasetStore) -> dict:

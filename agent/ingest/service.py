@@ -52,7 +52,10 @@ class RunSummary:
 def run(home: Path, *, url: str, baudrate: int, device: str, limits: Limits, policy: Policy,
         pseudonymize: Callable[[int, list[bytes]], list[bytes]], store: DatasetStore, cfg: IngestConfig,
         duration: float | None = None, count: int | None = None,
-        on_batch: Callable[[Manifest], None] | None = None) -> RunSummary:
+        on_batch: Callable[[Manifest], None] | None = None,
+        meter: Callable[[dict[str, float]], None] | None = None, meter_every: float = 5.0) -> RunSummary:
+    """Read the link until stopped; ``meter`` gets the work done every ``meter_every`` seconds and at the end
+    (bytes read, cleaned, desensitized and the seconds spent processing them, not waiting for the link)."""
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     ingest = Ingest(home, device=device, clean_cfg=CleanConfig(limits=limits), policy=policy,
@@ -60,6 +63,25 @@ def run(home: Path, *, url: str, baudrate: int, device: str, limits: Limits, pol
     reader = SerialReader(url, baudrate=baudrate)
     t0 = time.monotonic()
     frames = 0
+    acc = {"work_s": 0.0, "read": 0, "metered_at": t0}
+
+    def timed_feed(items: list, final: bool = False) -> list[Manifest]:
+        t = time.perf_counter()
+        out = ingest.feed(items)
+        if final:
+            m = ingest.flush(final=True)
+            out = out + ([m] if m else [])
+        acc["work_s"] += time.perf_counter() - t
+        return out
+
+    def report_work(force: bool = False) -> None:
+        now = time.monotonic()
+        if meter is None or (not force and now - acc["metered_at"] < meter_every):
+            return
+        read = reader.stats.bytes
+        meter({"produced_bytes": float(read - acc["read"]), "work_s": acc["work_s"], **ingest.take_work()})
+        acc.update(work_s=0.0, read=read, metered_at=now)
+
     try:
         reader.start()
         while not stop.is_set():
@@ -69,14 +91,15 @@ def run(home: Path, *, url: str, baudrate: int, device: str, limits: Limits, pol
                 break
             items = reader.get(timeout=0.2)
             frames += sum(1 for i in items if type(i.event).__name__ == "Frame")
-            for m in ingest.feed(items):
+            for m in timed_feed(items):
                 if on_batch:
                     on_batch(m)
+            report_work()
         reader.stop()
-        ingest.feed(reader.get(timeout=0))  # what arrived while stopping
-        m = ingest.flush(final=True)
-        if m and on_batch:
-            on_batch(m)
+        for m in timed_feed(reader.get(timeout=0), final=True):  # what arrived while stopping, then the rest
+            if on_batch:
+                on_batch(m)
+        report_work(force=True)
     finally:
         reader.stop()
         ingest.close()

@@ -7,6 +7,7 @@
     /update      POST   a signed update item (block-wise), OSCORE only
     /manifest    POST   a signed dataset-manifest item, OSCORE only
     /report      POST   a signed work-utility report item, OSCORE only
+    /allocation  GET    the latest signed allocation statement (CBOR); ?cycle=N for cycle N; 4.04 if none
     /status      GET    JSON for operators
     /demand      POST   open a group round on the demand server's model; GET: its state and aggregate (loopback)
 
@@ -25,6 +26,7 @@ from aiocoap import resource
 from aiocoap.numbers.contentformat import ContentFormat
 
 from ..uplink.errors import BadSignature, MessageError, SequenceConflict, UnknownDevice
+from ..utility.errors import ReportRefused
 from .block1 import MAX_BODY, Block1Receiver
 from .fedavg import UpdateRejected
 from .fedbuff import StaleUpdate
@@ -34,7 +36,8 @@ log = logging.getLogger("aitn.node")
 CBOR = ContentFormat.CBOR
 _ERRORS = ((UnknownDevice, aiocoap.UNAUTHORIZED), (BadSignature, aiocoap.FORBIDDEN),
            (MessageError, aiocoap.BAD_REQUEST), (SequenceConflict, aiocoap.BAD_REQUEST),
-           (UpdateRejected, aiocoap.BAD_REQUEST), (StaleUpdate, aiocoap.BAD_REQUEST))
+           (UpdateRejected, aiocoap.BAD_REQUEST), (StaleUpdate, aiocoap.BAD_REQUEST),
+           (ReportRefused, aiocoap.BAD_REQUEST))
 
 
 def _refuse(service: NodeService, e: Exception, kind: str) -> aiocoap.Message:
@@ -153,6 +156,26 @@ class Demand(resource.Resource):
         return aiocoap.Message(payload=self.service.demand_status(), content_format=CBOR)
 
 
+class Allocation(resource.Resource):
+    rt = "aitn.allocation"
+
+    def __init__(self, service: NodeService) -> None:
+        super().__init__()
+        self.service = service
+
+    async def render_get(self, request):
+        cycle = None
+        for q in request.opt.uri_query:
+            name, _, value = q.partition("=")
+            if name != "cycle" or not value.isdigit():
+                return aiocoap.Message(code=aiocoap.BAD_REQUEST, payload=f"unknown query {q!r}; ?cycle=N".encode())
+            cycle = int(value)
+        data = self.service.incentives.statement(cycle)
+        if data is None:
+            return aiocoap.Message(code=aiocoap.NOT_FOUND, payload=b"no allocation statement for that cycle yet")
+        return aiocoap.Message(payload=data, content_format=CBOR)
+
+
 class Status(resource.Resource):
     rt = "aitn.status"
 
@@ -181,6 +204,7 @@ def build_site(service: NodeService, max_body: int = MAX_BODY) -> resource.Site:
     site.add_resource(["model"], Model(service))
     for kind in ("update", "manifest", "report"):
         site.add_resource([kind], Items(service, kind, max_body))
+    site.add_resource(["allocation"], Allocation(service))
     site.add_resource(["status"], Status(service))
     site.add_resource(["demand"], Demand(service))
     return site

@@ -10,6 +10,7 @@ from pathlib import Path
 from .block1 import MAX_BODY
 from .resources import build_site
 from .rounds import RoundConfig
+from .incentives import IncentiveConfig
 from .service import NodeService
 
 log = logging.getLogger("aitn.node")
@@ -24,12 +25,13 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 async def serve(folder: Path, listen: tuple[str, int], cfg: RoundConfig, board: str = "",
-                ready=None, stop: asyncio.Event | None = None, max_body: int = MAX_BODY) -> None:
+                ready=None, stop: asyncio.Event | None = None, max_body: int = MAX_BODY,
+                incentives: IncentiveConfig = IncentiveConfig()) -> None:
     import aiocoap
     from aiocoap.credentials import CredentialsMap
     from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
 
-    service = NodeService(folder, cfg, CredentialsMap(), board)
+    service = NodeService(folder, cfg, CredentialsMap(), board, incentives)
     site = OscoreSiteWrapper(build_site(service, max_body), service.credentials)
     ctx = await aiocoap.Context.create_server_context(site, bind=listen)
     stop = stop or asyncio.Event()
@@ -45,6 +47,7 @@ async def serve(folder: Path, listen: tuple[str, int], cfg: RoundConfig, board: 
                 await asyncio.wait_for(stop.wait(), TICK_SECONDS)
             except asyncio.TimeoutError:
                 service.rounds.tick()
+                service.incentives.tick()
     finally:
         await ctx.shutdown()
         service.close()

@@ -25,8 +25,10 @@ from ..signature import InvalidSignature, verify
 from ..uplink import messages
 from ..uplink.errors import BadSignature, MessageError, SequenceConflict, UnknownDevice
 from ..uplink.oscore_ctx import derive, load_context, write_context, x25519_keypair
+from ..utility.errors import ReportRefused
 from .fedavg import UpdateRejected
 from .identity import NodeKey
+from .incentives import IncentiveConfig, Incentives
 from .rounds import RoundConfig, Rounds
 from .state import Device, NodeState
 
@@ -35,7 +37,8 @@ ENROLL_SKEW = 24 * 3600.0  # an enrollment request older or newer than this is r
 
 
 class NodeService:
-    def __init__(self, folder: Path, cfg: RoundConfig, credentials: MutableMapping, board: str = "") -> None:
+    def __init__(self, folder: Path, cfg: RoundConfig, credentials: MutableMapping, board: str = "",
+                 incentives: IncentiveConfig = IncentiveConfig()) -> None:
         """credentials: where enrolled devices' OSCORE contexts go (aiocoap's CredentialsMap, as server.py passes)."""
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -44,6 +47,7 @@ class NodeService:
         self.key = NodeKey.load_or_create(self.folder)
         self.state = NodeState(self.folder / "node.db")
         self.rounds = Rounds(self.state, self.folder, cfg)
+        self.incentives = Incentives(self.state, self.key, incentives)
         self.credentials = credentials
         self.started = time.time()
         for d in self.state.devices():
@@ -121,6 +125,9 @@ class NodeService:
         if kind == "update":
             outcome = self.rounds.accept(device.addr, env["seq"], digest, payload, size=len(data))
             status = outcome.status
+        elif kind == "report":
+            status, extra = self.incentives.admit(device, payload, env["body"])
+            self.state.accept(device.addr, env["seq"], kind, digest, status, payload=env["body"], extra=extra)
         else:
             status = "accepted"
             self.state.accept(device.addr, env["seq"], kind, digest, status, payload=env["body"])
@@ -130,7 +137,7 @@ class NodeService:
     def refused(self, e: Exception, kind: str) -> None:
         """Count a refusal durably under rejected.<kind>.<reason>."""
         reason = {UnknownDevice: "unknown_device", BadSignature: "bad_signature", MessageError: "schema",
-                  SequenceConflict: "seq_conflict"}.get(type(e), "")
+                  SequenceConflict: "seq_conflict", ReportRefused: "report"}.get(type(e), "")
         if isinstance(e, UpdateRejected):
             reason = f"update_{e.reason}"
         self.state.bump(f"rejected.{kind}.{reason or type(e).__name__}")
@@ -189,4 +196,5 @@ class NodeService:
                           "hash": r.hash.hex(),
                           "updates": r.updates, "samples": r.samples, "min_updates": r.min_updates,
                           "deadline": r.deadline},
+                "incentives": self.incentives.summary(),
                 "counters": self.state.counters()}

@@ -146,14 +146,16 @@ class NodeState:
 
     def accept(self, addr: bytes, seq: int, kind: str, digest: bytes, status: str, *, round_id: int | None = None,
                samples: int | None = None, file: str | None = None, payload: bytes | None = None,
-               width: float | None = None, staleness: int | None = None, size: int = 0) -> None:
-        """Record an item (the dedup row) and, for an aggregated update, count it in its round."""
+               width: float | None = None, staleness: int | None = None, size: int = 0,
+               extra: list[tuple[str, tuple]] = ()) -> None:
+        """Record an item (the dedup row) and, for an aggregated update, count it in its round.
+        ``extra``: statements that commit with it (a report's row)."""
         stmts = [("INSERT INTO items VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                   (addr, seq, kind, digest, time.time(), status, round_id, samples, file, payload, width, staleness))]
         if status == "aggregated":
             stmts.append(("UPDATE rounds SET updates = updates + 1, samples = samples + ?, bytes = bytes + ? "
                           "WHERE id = ?", (samples, size, round_id)))
-        self._tx(stmts)
+        self._tx(stmts + list(extra))
 
     def round_updates(self, rid: int) -> list[tuple[bytes, int, int, str, float, int]]:
         """(addr, seq, samples, file, width, staleness) of the updates aggregated into round ``rid``, in

@@ -114,6 +114,7 @@ def run(home: Path, store: Any, req: TrainRequest, *, now: datetime | None = Non
                "epochs": r.epochs, "steps": r.steps, "batch_size": r.batch_size, "lr": lr,
                "loss_before": r.loss_before, "loss_after": r.loss_after, "seconds": round(r.seconds, 4),
                "update_l2": client.l2_norm(update), "update_file": str(path), "update_bytes": len(payload),
+               "feature_bytes": int(x.nbytes) + int(y.nbytes),
                "quantized": req.quantize, "ldp": ldp_out, "seed": req.seed,
                "scaler": {"mean": scaler.mean.tolist(), "std": scaler.std.tolist()},
                "global": str(req.global_file) if req.global_file is not None else "initial"}

@@ -29,6 +29,7 @@ class Pending:
     data: bytes
     digest: bytes
     key: X25519PrivateKey
+    capacity: float
 
 
 def request(*, dev: bytes, pub: bytes, board: str, capacity: float, sign: Signer) -> Pending:
@@ -37,7 +38,7 @@ def request(*, dev: bytes, pub: bytes, board: str, capacity: float, sign: Signer
            "x25519": share, "t": time.time()}
     digest = messages.enroll_digest(req)
     req["sig"] = sign(digest)
-    return Pending(messages.encode("enroll", req), digest, key)
+    return Pending(messages.encode("enroll", req), digest, key, float(capacity))
 
 
 def complete(home: Path, uri: str, pending: Pending, answer: bytes, node_address: bytes | None = None) -> dict:
@@ -56,7 +57,8 @@ def complete(home: Path, uri: str, pending: Pending, answer: bytes, node_address
     folder = uplink_dir(home)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_context(folder / "oscore", ans["sid"], ans["rid"], secret, salt)
-    record = {"uri": uri.rstrip("/"), "node": ans["node"].hex(), "sid": ans["sid"].hex(), "enrolled": time.time()}
+    record = {"uri": uri.rstrip("/"), "node": ans["node"].hex(), "sid": ans["sid"].hex(), "enrolled": time.time(),
+              "capacity": pending.capacity}   # the node checks work-utility reports against it
     write_node(home, record)
     return record
 

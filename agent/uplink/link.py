@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,8 @@ class NodeLink:
         self.node_address = node_address   # set when enrolled: round announcements must carry its signature
         self.messages = 0           # CON messages sent through self.ctx (one per block, and one more)
         self.renewals = 0           # client contexts replaced (MESSAGES_PER_CONTEXT)
+        self.comm_s = 0.0           # seconds spent in exchanges with the node (the work-utility meters' comm_s)
+        self.comm_bytes = 0         # payload bytes sent and received
 
     async def _fresh_context(self) -> None:
         old = self.ctx
@@ -153,7 +156,7 @@ class NodeLink:
                 msg.opt.block1 = (0, False, self.cfg.block_exp)
         deadline = self.cfg.deadline_s + 4 * self.cfg.ack_timeout * blocks
         try:
-            resp = await asyncio.wait_for(self.ctx.request(msg).response, deadline)
+            resp = await self._exchange(msg, deadline)
         except asyncio.TimeoutError:
             raise NodeUnreachable(f"{what or path}: no answer within {deadline:.0f} s") from None
         except NotAProtectedMessage as e:
@@ -167,6 +170,23 @@ class NodeLink:
             raise NodeUnreachable(f"{what or path}: {e.strerror or e}") from None
         _raise_for(resp, what or path)
         return resp
+
+    async def _exchange(self, msg: aiocoap.Message, deadline: float) -> aiocoap.Message:
+        """One exchange, timed and counted whether it succeeds or not (a failed exchange is communication too)."""
+        t0 = time.perf_counter()
+        try:
+            resp = await asyncio.wait_for(self.ctx.request(msg).response, deadline)
+            self.comm_bytes += len(resp.payload)
+            return resp
+        finally:
+            self.comm_s += time.perf_counter() - t0
+            self.comm_bytes += len(msg.payload)
+
+    def take_meters(self) -> dict[str, float]:
+        """The communication since the last call, for the work-utility meters (work_s includes comm_s)."""
+        out = {"comm_s": self.comm_s, "work_s": self.comm_s, "uplink_bytes": float(self.comm_bytes)}
+        self.comm_s, self.comm_bytes = 0.0, 0
+        return out
 
     async def post(self, path: str, payload: bytes) -> bytes:
         return (await self.request(aiocoap.POST, path, payload)).payload

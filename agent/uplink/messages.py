@@ -68,6 +68,30 @@ def _cids(v: Any) -> str | None:
     return None
 
 
+def _meters(v: Any) -> str | None:
+    if len(v) > 32:
+        return "at most 32 meters"
+    for k, x in v.items():
+        if not isinstance(k, str) or len(k) > 32:
+            return "meter names must be text of at most 32 characters"
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0:
+            return f"meter {k}: must be a finite number >= 0"
+    return None
+
+
+def _shares(v: Any) -> str | None:
+    """[[device address, fixed WU, variable WU, units], ...], by address."""
+    for i, row in enumerate(v):
+        if (not isinstance(row, list) or len(row) != 4 or not isinstance(row[0], bytes) or len(row[0]) != 20
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
+                           for x in row[1:3])
+                or not isinstance(row[3], int) or isinstance(row[3], bool) or row[3] < 0):
+            return f"share {i}: must be [20-byte address, fixed >= 0, variable >= 0, units >= 0]"
+    if [r[0] for r in v] != sorted({r[0] for r in v}):
+        return "shares must be sorted by address, one per device"
+    return None
+
+
 _UINT = (int,)
 _NUM = (int, float)
 SCHEMAS: dict[str, dict[str, F]] = {
@@ -102,6 +126,22 @@ SCHEMAS: dict[str, dict[str, F]] = {
         "open": F((bool,)),                     # False: closed, waiting for the next (devices do not train)
         "sub": F((bytes,), required=False, check=_len(32)),   # sha256 of this device's HeteroFL slice at /model
         "sig": F((bytes,), required=False, check=_len(65)),   # the node key's signature over round_digest
+    },
+    # node -> anyone, GET /allocation: the signed statement of a cycle's shares (agent/incentive/statement.py)
+    "allocation": {
+        "v": F(_UINT, check=lambda v: None if v == VERSION else f"version {v}, expected {VERSION}"),
+        "node": F((bytes,), check=_len(20)),
+        "cycle": F(_UINT, check=_range(0, MAX_SEQ)),
+        "cycle_s": F(_NUM, check=_range(1.0, 366 * 86400.0)),
+        "rule": F((str,), check=lambda v: None if v in ("utility", "variable") else "must be utility or variable"),
+        "base": F(_UINT, check=_range(0, 1 << 200)),
+        "n": F(_UINT, check=_range(0, 1 << 32)),
+        "m_ppm": F(_UINT, check=_range(1_000_000, 1_500_000)),
+        "pool": F(_UINT, check=_range(0, 1 << 200)),
+        "total": F(_UINT, check=_range(0, 1 << 200)),
+        "shares": F((list,), check=_shares),
+        "t": F(_NUM, check=_range(0.0, 1e11)),
+        "sig": F((bytes,), required=False, check=_len(65)),
     },
     # the demand server's bridge (the node's Flower ClientApp) -> node, loopback only
     "demand": {
@@ -142,11 +182,12 @@ SCHEMAS: dict[str, dict[str, F]] = {
         "bytes": F(_UINT, check=_range(0, 1 << 50)),
         "policy": F((str,), check=_maxlen(128)),
     },
-    "report": {
+    "report": {     # agent/utility/report.py
         "cycle": F(_UINT, check=_range(0, MAX_SEQ)),
-        "fixed": F(_NUM, check=_range(0.0, 1e12)),
-        "variable": F(_NUM, check=_range(0.0, 1e18)),
-        "meters": F((dict,)),
+        "cycle_s": F(_NUM, check=_range(1.0, 366 * 86400.0)),
+        "fixed": F(_NUM, check=_range(0.0, 1e6)),
+        "variable": F(_NUM, check=_range(0.0, 1e6)),
+        "meters": F((dict,), check=_meters),
     },
 }
 

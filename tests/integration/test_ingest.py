@@ -70,6 +70,15 @@ def test_ingest_stores_only_desensitized_batches_and_counts_add_up(tee, home, pa
 
     rep = json.loads(cli("data", "report", "--json", home=home).stdout)
     assert rep["link"]["frames"] == summary["frames"]
+    # the work-utility meters saw every byte read, and the records cleaned and desensitized
+    from agent.utility.meters import Meters
+
+    with Meters(home) as meters:
+        work = [meters.read(c) for c in meters.cycles()]
+    total = {k: sum(w[k] for w in work) for k in work[0]}
+    assert total["produced_bytes"] == summary["reader"]["bytes"] > 0
+    assert total["cleaned_bytes"] >= total["desensitized_bytes"] > 0
+    assert 0 < total["work_s"] < summary["seconds"] and total["comm_s"] == 0
     clean = rep["clean"]
     assert clean["rows_in"] == summary["frames"]
     assert clean["rows_in"] == clean["rows_out"] + sum(clean["dropped"].values()) + clean["held"]

@@ -43,6 +43,11 @@ def test_train_runs_a_round_and_saves_the_update(store_home):
     assert m["samples"] > 300 and m["epochs"] == 2 and m["steps"] == 2 * -(-m["samples"] // 32)
     assert m["loss_after"] < m["loss_before"]
     assert m["quantized"] is False and m["ldp"] is None
+    from agent.utility.meters import Meters   # the run is on this cycle's work meters
+
+    with Meters(home) as meters:
+        trained = sum(meters.read(c)["trained_bytes"] for c in meters.cycles())
+    assert m["feature_bytes"] > 0 and trained >= m["feature_bytes"] * 2
     assert len(m["scaler"]["mean"]) == len(m["scaler"]["std"]) == 16
     path = Path(m["update_file"])
     assert path.parent == home / "updates" and path.name.endswith("-activity-w1.update")

@@ -21,13 +21,15 @@ def free_udp_port() -> int:
 class NodeProcess:
     def __init__(self, folder: Path, *, port: int | None = None, min_updates: int = 1000,
                  round_seconds: float = 3600.0, max_norm: float = 100.0, superlink: str | None = None,
-                 max_item_bytes: int | None = None) -> None:
+                 max_item_bytes: int | None = None, cycle_s: float | None = None,
+                 extra: tuple[str, ...] = ()) -> None:
         self.folder = folder
         self.port = port or free_udp_port()
         self._may_move = port is None   # until the first start: another process may take a picked port first
         self.args = ["--min-updates", str(min_updates), "--round-seconds", str(round_seconds),
                      "--max-norm", str(max_norm)] + (["--superlink", superlink] if superlink else []) + (
-                         ["--max-item-bytes", str(max_item_bytes)] if max_item_bytes else [])
+                         ["--max-item-bytes", str(max_item_bytes)] if max_item_bytes else []) + list(extra)
+        self.global_args = ["--cycle-seconds", str(cycle_s)] if cycle_s else []
         self.log = folder.parent / f"{folder.name}.log"
         self.proc: subprocess.Popen | None = None
 
@@ -37,7 +39,7 @@ class NodeProcess:
 
     def start(self, timeout: float = 30.0) -> "NodeProcess":
         for attempt in range(3):
-            argv = [sys.executable, "-m", "agent", "node", "serve", "--listen", f"127.0.0.1:{self.port}",
+            argv = [sys.executable, "-m", "agent", *self.global_args, "node", "serve", "--listen", f"127.0.0.1:{self.port}",
                     "--state", str(self.folder)] + self.args
             with open(self.log, "ab") as out:
                 self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=out, stdin=subprocess.DEVNULL,

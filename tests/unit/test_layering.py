@@ -45,7 +45,9 @@ def test_normal_world_imports_only_the_abi_from_the_secure_world(path):
 
 
 PURE = _files("tee_sim/abi") + [ROOT / "agent" / "store" / n for n in ("cid.py", "dagpb.py", "car.py")] + [
-    ROOT / "agent" / "ingest" / "frames.py"]
+    ROOT / "agent" / "ingest" / "frames.py"] + [
+    ROOT / "agent" / p for p in ("identity/eip712.py", "identity/mint.py", "incentive/allocation.py",
+                                 "incentive/statement.py", "utility/report.py")]
 
 
 @pytest.mark.parametrize("path", PURE, ids=lambda p: str(p.relative_to(ROOT)))
