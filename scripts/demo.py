@@ -177,6 +177,9 @@ def main() -> None:
                               run_dir / "secure-uart.log")
     url = f"unix://{sock}"
     user = args.tee_user if (args.tee_user and os.geteuid() == 0) else ensure_tee_user()
+    # Incentive cycles of 30 s instead of the network's 24 h, so the demo's minutes span a few: every
+    # process started below (robots, nodes) inherits it; the network step shows a cycle's allocation.
+    os.environ.setdefault("AITN_CYCLE_S", str(demo_network.CYCLE_S))
 
     step("1. secure world: its own process" + (f", dropping to user {user}" if user else ""))
     argv = [sys.executable, "-m", "agent", "--tee", url, "tee", "serve", "--state", str(state), "--log", str(log),

@@ -19,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = (2, 3, 5)   # simulated robots that work away from their owners' home zones in the first minute
+CYCLE_S = 30        # the demo's incentive cycle (demo.py sets AITN_CYCLE_S); nodes close one 5 s after it ends
 
 
 @dataclass
@@ -120,6 +121,27 @@ def _tcp_port() -> int:
         return s.getsockname()[1]
 
 
+def work_utility(robots: list[Robot], step) -> None:
+    """Each robot reports its ended cycles; the first shows its node's signed allocation of the latest one."""
+    step(f"21. work utility: signed cycle reports ({CYCLE_S} s cycles here, 24 h in the network); "
+         "node-a's signed allocation statement, checked by robot-1")
+    for r in robots:
+        for p in r.procs:   # `device run` is done with its rounds; stop what still streams
+            if p.poll() is None:
+                p.terminate()
+        r.run("utility", "report")
+        r.run("uplink", "send")
+    print(robots[0].run("utility").rstrip())
+    deadline = time.monotonic() + CYCLE_S + 10
+    while True:   # a cycle is allocated 5 s after it ends
+        res = subprocess.run(robots[0].argv("utility", "allocation"), cwd=ROOT, capture_output=True, text=True,
+                             timeout=60)
+        if res.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    print(res.stdout.rstrip() if res.returncode == 0 else f"no cycle allocated yet: {res.stderr.strip()}")
+
+
 def network(run_dir: Path, robots: list[Robot], step, rounds: int = 3) -> list[dict]:
     """The demand server, two nodes, every robot in one of them; returns the rounds' figures."""
     started: list[subprocess.Popen] = []
@@ -137,7 +159,8 @@ def network(run_dir: Path, robots: list[Robot], step, rounds: int = 3) -> list[d
             port = _udp_port()
             with open(run_dir / f"{name}.log", "ab") as log:
                 p = subprocess.Popen([sys.executable, "-m", "agent", "node", "serve", "--listen", f"127.0.0.1:{port}",
-                                      "--state", str(run_dir / name), "--superlink", superlink], cwd=ROOT,
+                                      "--state", str(run_dir / name), "--superlink", superlink,
+                                      "--report-grace", "5"], cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=log, text=True)
             started.append(p)
             line = p.stdout.readline().strip() if p.stdout else ""
@@ -161,6 +184,7 @@ def network(run_dir: Path, robots: list[Robot], step, rounds: int = 3) -> list[d
         demand.wait(60)
         if demand.returncode != 0:
             raise SystemExit("demand server failed:\n" + "\n".join(lines[-20:]))
+        work_utility(robots, step)
         return json.loads((run_dir / "demand" / "out" / "rounds.json").read_text())
     finally:
         for p in started:

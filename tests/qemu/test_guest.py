@@ -137,6 +137,27 @@ def test_uplink_to_a_node_on_the_host(guest, guest_figures, tmp_path):
     assert rnd["round"] == 2 and rnd["hash"] == closed[2].hex()
 
 
+def test_work_utility_and_mint_request_on_arm64(guest):
+    """The hardware probe reads the aarch64 guest's own kernel (2 CPUs, 1 GiB), the board file fills the
+    rest; the secure world signs a device-NFT mint request that the host recovers with eth-account."""
+    from eth_account.messages import encode_typed_data
+
+    util = _json_of(guest.check(f"{NW} '{AITN} --board qemu-virt utility --json'", 300))
+    hw = util["hardware"]
+    assert hw["cores"] == 2 and hw["source"]["cores"] == "kernel"
+    assert 700 < hw["ram_mb"] <= 1024 and hw["source"]["ram_mb"] == "kernel"
+    assert hw["source"]["max_mhz"] in ("kernel", "board") and hw["max_mhz"] > 0
+    assert util["fixed"] > 0 and set(util["meters"]) >= {"produced_bytes", "work_s", "comm_s"}
+    owner = "0x52908400098527886E0F7030069857D2E4169EE7"
+    req = _json_of(guest.check(f"{NW} '{AITN} --board qemu-virt identity mint-request --owner {owner} "
+                               "--chain-id 97 --json'", 300))
+    ident = _json_of(guest.check(f"{NW} '{AITN} identity show --json'", 300))
+    msg = req["typed_data"]["message"]
+    assert msg["board"] == "qemu-virt" and msg["owner"] == owner
+    recovered = Account.recover_message(encode_typed_data(full_message=req["typed_data"]), signature=req["signature"])
+    assert recovered == ident["address"] == msg["device"]
+
+
 @pytest.mark.timeout(2400)  # under emulation the unit tests take minutes
 def test_unit_tests_pass_in_the_guest(guest, guest_figures):
     t0 = time.monotonic()
