@@ -175,11 +175,23 @@ def tee_url(board: BoardConfig) -> str:
     return board.tee.serial_url if board.tee.url == "serial" else board.tee.url
 
 
+def _provisioned_board(home: Path) -> str | None:
+    import json
+
+    try:
+        board = json.loads((home / "provision.json").read_text()).get("board")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return board if isinstance(board, str) and board else None
+
+
 def resolve_globals(home: str | None, tee: str | None, board: str | None, timeout: float,
                     environ: dict[str, str] | None = None, cycle_s: float | None = None) -> Globals:
     """Flag, then environment, then board file, then built-in default."""
     env = os.environ if environ is None else environ
     board_name = board or env.get("AITN_BOARD")
+    if not board_name:   # a provisioned device: the board `aitn provision` recorded
+        board_name = _provisioned_board(Path(home or env.get("AITN_HOME") or DEFAULT_HOME))
     cfg = load_board(board_name) if board_name else None
     home = home or env.get("AITN_HOME") or (cfg.home if cfg else DEFAULT_HOME)
     tee = tee or env.get("AITN_TEE") or (tee_url(cfg) if cfg else DEFAULT_TEE)

@@ -22,6 +22,7 @@ import serial
 
 from .lockout import LockoutPolicy
 from .log import SecureLog
+from .sdnotify import Notifier
 from .server import Server, ServerConfig
 from .storage import StorageError, allow_repair, open_storage
 from .ta import SignerTA
@@ -115,15 +116,21 @@ def serve(args: argparse.Namespace) -> None:
     except StorageError as e:
         error = str(e)
     ta = SignerTA(storage, log, storage_error=error, lockout=LockoutPolicy(base_seconds=args.lockout_base))
-    server = Server(ta, ServerConfig(args.tee, frozenset(allowed), args.stall_seconds), log)
+    notify = Notifier()
+    server = Server(ta, ServerConfig(args.tee, frozenset(allowed), args.stall_seconds), log,
+                    heartbeat=notify.keepalive)
     log.info("TC", f"signer TA ready; allowed uids {sorted(allowed)}")
 
     def stop(signum, _frame) -> None:
         log.info("TC", f"stopping on signal {signum}")
+        notify.stopping()
         server.stop.set()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # Under systemd (Type=notify) the unit is up once this arrives: the socket is bound and listening
+    # (or the serial link is about to open), so the normal world may connect.
+    notify.ready(f"serving {args.tee}" + ("" if error is None else f"; sealed state unusable: {error}"))
     try:
         server.run(sock)
     except (OSError, serial.SerialException, ValueError) as e:

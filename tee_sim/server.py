@@ -18,6 +18,7 @@ import socket
 import struct
 import threading
 from dataclasses import dataclass, field
+from typing import Callable
 
 import serial  # imported before privileges are dropped, like everything the process will need
 
@@ -45,10 +46,12 @@ def peer_uid(sock: socket.socket) -> int:
 
 
 class Server:
-    def __init__(self, ta: SignerTA, config: ServerConfig, log: SecureLog) -> None:
+    def __init__(self, ta: SignerTA, config: ServerConfig, log: SecureLog,
+                 heartbeat: Callable[[], None] = lambda: None) -> None:
         self.ta = ta
         self.config = config
         self.log = log
+        self.heartbeat = heartbeat   # called from the serving loop at least every 0.2 s (systemd's watchdog)
         self._lock = threading.Lock()  # the TA is single-threaded, like a TA instance
         self._next_conn = 1
         self._active = 0
@@ -107,6 +110,7 @@ class Server:
         self.log.info("TC", f"listening on {self.config.url}")
         listener.settimeout(0.2)
         while not self.stop.is_set():
+            self.heartbeat()
             try:
                 sock, _ = listener.accept()
             except socket.timeout:
@@ -135,6 +139,7 @@ class Server:
         idle = 0.0
         try:
             while not self.stop.is_set():
+                self.heartbeat()
                 data = port.read(1)  # waits up to SERIAL_POLL, then take whatever else has arrived
                 if data and port.in_waiting:
                     data += port.read(port.in_waiting)

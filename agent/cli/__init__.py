@@ -11,9 +11,9 @@ import sys
 
 from .. import __version__, config
 from ..errors import AgentError
-from . import board, data, demand, node, sensor, tee, train, uplink, utility
+from . import board, daemon, data, demand, node, sensor, tee, train, uplink, utility
 
-GROUPS = (tee, data, train, uplink, node, demand, board, sensor, utility)
+GROUPS = (tee, data, train, uplink, node, demand, board, sensor, utility, daemon)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,15 +26,17 @@ def _utc(t: int) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def cmd_mint_request(g: Globals, args: argparse.Namespace) -> int:
+def signed_mint_request(g: Globals, owner: bytes, chain_id: int, contract: bytes | None = None, nonce: int = 0,
+                        deadline: int | None = None) -> tuple[dict, mint.MintRequest, bytes, str]:
+    """(the JSON object, the request, its digest, the signer's checksummed address), signed by the secure world."""
     now = int(time.time())
     hw = g.board.hardware if g.board else None
     p = probe(hw)
     device = _identity(g)[1]
-    req = mint.MintRequest(device=device, owner=args.owner, board=g.board.name if g.board else "unknown",
-                           fixed_utility=fixed_nano_wu(p), nonce=args.nonce,
-                           deadline=args.deadline if args.deadline is not None else now + mint.DEFAULT_TTL_S,
-                           chain_id=args.chain_id, contract=args.contract)
+    req = mint.MintRequest(device=device, owner=owner, board=g.board.name if g.board else "unknown",
+                           fixed_utility=fixed_nano_wu(p), nonce=nonce,
+                           deadline=deadline if deadline is not None else now + mint.DEFAULT_TTL_S,
+                           chain_id=chain_id, contract=contract)
     mint.check_request(req, now)  # before the secure world signs anything
     with ChainedSession.open(g.tee, g.home, timeout=g.timeout) as s:
         td, d, sig = mint.sign_request(req, lambda digest: handshake.sign_digest(s, digest).signature)
@@ -42,6 +44,12 @@ def cmd_mint_request(g: Globals, args: argparse.Namespace) -> int:
     obj = {"typed_data": td, "signature": _hex(sig),
            "metadata": mint.metadata(req, p, hw.soc if hw else "unknown", hw.cpu if hw else "unknown")}
     mint.verify(obj, now)  # what we hand out is what verify-mint accepts
+    return obj, req, d, address
+
+
+def cmd_mint_request(g: Globals, args: argparse.Namespace) -> int:
+    obj, req, d, address = signed_mint_request(g, args.owner, args.chain_id, args.contract, args.nonce, args.deadline)
+    td, sig = obj["typed_data"], bytes.fromhex(obj["signature"][2:])
     if args.out:
         try:
             write_atomic(Path(args.out), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())

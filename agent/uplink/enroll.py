@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from ..signature import InvalidSignature, verify
 from . import messages
-from .errors import EnrollmentError, UplinkError
+from .errors import EnrollmentError, NodeUnreachable, UplinkError
 from .link import LinkConfig, NodeLink, read_node, uplink_dir, write_node
 from .oscore_ctx import derive, write_context, x25519_keypair
 
@@ -71,7 +71,9 @@ async def enroll(home: Path, uri: str, *, dev: bytes, pub: bytes, board: str, ca
     try:
         answer = await link.post("enroll", pending.data)
     except UplinkError as e:
-        raise EnrollmentError(f"enrollment at {uri}: {e}") from None
+        err = EnrollmentError(f"enrollment at {uri}: {e}")
+        err.unreachable = isinstance(e, NodeUnreachable)   # nobody answered (retry later) vs. a refusal
+        raise err from None
     finally:
         await link.close()
     return complete(home, uri, pending, answer, node_address)

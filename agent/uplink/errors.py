@@ -74,6 +74,7 @@ class EnrollmentError(UplinkError):
     """Enrollment failed: the node refused, or its answer does not verify (wrong node key, bad signature)."""
 
     exit_code = 79
+    unreachable = False   # True when no node answered at all (worth retrying)
 
 
 class UntrustedRound(UplinkError):

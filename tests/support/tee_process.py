@@ -27,7 +27,8 @@ def open_session_frame(request_id: int = 1, uuid: bytes = TA_UUID.bytes) -> byte
 
 class TeeProcess:
     def __init__(self, root: Path, *, lockout_base: float = 1.0, allow_uids: list[int] | None = None,
-                 log_level: int = 3, board_serial: str = "test-board-0001", stall_seconds: float = 10.0) -> None:
+                 log_level: int = 3, board_serial: str = "test-board-0001", stall_seconds: float = 10.0,
+                 env: dict[str, str] | None = None) -> None:
         self.root = root
         self.state = root / "state"
         self.sock = root / "tee.sock"
@@ -39,6 +40,7 @@ class TeeProcess:
         self.log_level = log_level
         self.board_serial = board_serial
         self.stall_seconds = stall_seconds
+        self.env = env
         self.proc: subprocess.Popen | None = None
 
     def argv(self) -> list[str]:
@@ -53,7 +55,7 @@ class TeeProcess:
 
     def start(self, timeout: float = 15.0) -> "TeeProcess":
         with open(self.stderr, "ab") as err:
-            self.proc = subprocess.Popen(self.argv(), stdout=err, stderr=err, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(self.argv(), stdout=err, stderr=err, stdin=subprocess.DEVNULL, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
