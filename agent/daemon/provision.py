@@ -21,6 +21,7 @@ from ..config import Globals
 from ..errors import AgentError, ConfigError
 from ..fsio import write_atomic
 from ..tee.chainlog import ChainLog
+from ..tee.client import TeeClient
 from ..tee.session import CHAIN_FILE
 
 PROVISION_FILE = "provision.json"
@@ -74,11 +75,33 @@ def drop_to_home_owner(home: Path) -> str | None:
     return user.pw_name
 
 
+def secure_world_status(g: Globals) -> dict:
+    """STATUS on a fresh session outside the chain (what `aitn tee status` shows). Raises TeeUnavailable."""
+    client = TeeClient.connect(g.tee, g.timeout)
+    try:
+        s = client.open_session()
+        resp = client.invoke(s.id, Cmd.STATUS, (None, 4096, None, None))
+        client.close_session(s.id)
+    finally:
+        client.close()
+    return json.loads(resp.params[1])
+
+
+def device_key(g: Globals) -> tuple[bytes, bytes]:
+    """(public key, address) of the device key."""
+    client = TeeClient.connect(g.tee, g.timeout)
+    try:
+        s = client.open_session()
+        resp = client.invoke(s.id, Cmd.GET_PUBKEY, (65, 20, None, None))
+        client.close_session(s.id)
+    finally:
+        client.close()
+    return resp.params[0], resp.params[1]
+
+
 def worlds_paired(g: Globals) -> bool:
     """Both worlds agree on one pairing: the secure world is paired and our chain names the same pairing."""
-    from ..cli.common import _unchained
-
-    st = json.loads(_unchained(g, Cmd.STATUS, (None, 4096, None, None)).params[1])
+    st = secure_world_status(g)
     path = g.home / CHAIN_FILE
     if not st.get("paired") or not path.exists():
         return False
@@ -99,20 +122,20 @@ def provision(g: Globals, want: Provisioning, *, node_address: bytes | None = No
     import asyncio
     import time
 
-    from ..cli.common import _identity
-    from ..cli.uplink import _signer, fixed_capacity
+    from ..tee.handshake import sign_digest
     from ..tee.pairing import pair
     from ..tee.session import ChainedSession
     from ..uplink.enroll import enroll
     from ..uplink.errors import EnrollmentError
     from ..uplink.link import LinkConfig, read_node
+    from ..utility import capacity
 
     want.check()
     changed: list[str] = []
     if not worlds_paired(g):
         p = pair(g.tee, g.home, timeout=g.timeout)
         changed.append("created the device key and paired the worlds" if p.created_key else "paired the worlds")
-    pub, dev = _identity(g)
+    pub, dev = device_key(g)
     path = g.home / PROVISION_FILE
     before = read(g.home)
 
@@ -130,7 +153,8 @@ def provision(g: Globals, want: Provisioning, *, node_address: bytes | None = No
             try:
                 with ChainedSession.open(g.tee, g.home, timeout=g.timeout) as s:
                     asyncio.run(enroll(g.home, want.node, dev=dev, pub=pub, board=want.board,
-                                       capacity=fixed_capacity(g), sign=_signer(s), node_address=node_address,
+                                       capacity=capacity.capacity(capacity.probe(g.board.hardware)),
+                                       sign=lambda d: sign_digest(s, d).signature, node_address=node_address,
                                        cfg=LinkConfig()))
                 break
             except EnrollmentError as e:

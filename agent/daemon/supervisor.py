@@ -89,13 +89,9 @@ class Supervisor:
         self._status = ""
 
     def wait_for_secure_world(self) -> None:
-        from tee_sim.abi.ids import Cmd
-
-        from ..cli.common import _unchained
-
         while not self.stop:
             try:
-                _unchained(self.g, Cmd.STATUS, (None, 4096, None, None))
+                provision.secure_world_status(self.g)
                 return
             except AgentError as e:
                 self.set_status(f"waiting for the secure world at {self.g.tee}: {e}")
