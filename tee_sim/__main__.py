@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--tee", default=DEFAULT_URL, help=f"listen URL (default {DEFAULT_URL})")
     s.add_argument("--user", help=f"user to drop to when started as root (default {DEFAULT_USER})")
     s.add_argument("--allow-uid", type=int, action="append", help="uid allowed on unix://; repeatable")
-    s.add_argument("--log", default="-", help="secure log channel: file, '-' (stderr) or pyserial URL")
+    s.add_argument("--log", default="-", help="secure log channel: file, '-' (stderr), pyserial URL or serial port")
     s.add_argument("--log-level", type=int, default=2, choices=range(5), help="0 none .. 4 flow (default 2)")
     s.add_argument("--board-serial", help="board serial for the hardware-unique key (default: read it)")
     s.add_argument("--lockout-base", type=float, default=1.0, help="first lockout, seconds (default 1)")

@@ -71,6 +71,11 @@ class SignerTA:
         self._next_session = 1
         self.counters = {"signatures": 0, "proof_failures": 0, "sync_failures": 0, "bad_frames": 0,
                          "denied": 0, "requests": 0}
+        # The TA's own clock for the last call of each command (STATUS "timing_us"): what the normal
+        # world cannot time from outside, so `aitn tee bench` can split a handshake between the worlds.
+        self.timing: dict[str, dict[str, float]] = {}
+        self._steps: dict[str, float] = {}
+        self._current: str | None = None
         self.key: DeviceKey | None = None
         self.chain: ChainView | None = None
         self.lockout: Lockout | None = None
@@ -94,12 +99,25 @@ class SignerTA:
     def handle(self, conn: int, raw: bytes) -> bytes:
         """One request frame in, one encoded response out; never raises."""
         self.counters["requests"] += 1
+        self._steps, self._current = {}, None
+        t0 = time.perf_counter()
+        out = self._handle(conn, raw)
+        if self._current is not None:
+            steps = {k: round(v * 1e6, 1) for k, v in self._steps.items()}
+            self.timing[self._current] = {"total": round((time.perf_counter() - t0) * 1e6, 1), **steps}
+        return out
+
+    def _step(self, name: str, since: float) -> None:
+        self._steps[name] = self._steps.get(name, 0.0) + time.perf_counter() - since
+
+    def _handle(self, conn: int, raw: bytes) -> bytes:
         try:
             req = frame.decode(raw)
         except frame.FrameError as e:
             self.counters["bad_frames"] += 1
             self.log.debug("TC", f"conn {conn}: bad frame: {e.reason}")
             return self.error_frame(0, 0, 0, 0, TeecResult.BAD_FORMAT, Origin.COMMS)
+        self._current = _timing_name(req)
         if req.is_response:
             return self._error(req, TaError(TeecResult.BAD_FORMAT, Origin.COMMS, "a response sent as a request"))
         try:
@@ -136,7 +154,9 @@ class SignerTA:
                                   frame.NO_PARAMS, int(result), int(origin)))
 
     def _error(self, req: Frame, e: TaError) -> bytes:
-        self.log.debug("TA", f"request {req.request_id} cmd 0x{req.command:x}: {e}")
+        what = _timing_name(req) or f"cmd 0x{req.command:x}"
+        self.log.debug("TA", f"{what} req#{req.request_id} session {req.session}: 0x{int(e.result):08x} "
+                             f"{e.result.name}" + (f" ({e.detail})" if e.detail else ""))
         return self.error_frame(req.kind, req.request_id, req.session, req.command, e.result, e.origin)
 
     def _reply(self, req: Frame, params: tuple) -> bytes:
@@ -199,16 +219,21 @@ class SignerTA:
         chained = s.synced and cmd != Cmd.SYNC
         if not chained:
             if cmd not in UNCHAINED:
+                self.log.error("TA", f"{cmd.name} refused: ACCESS_DENIED, session {s.id} has not passed SYNC")
                 raise TaError(TeecResult.ACCESS_DENIED, detail=f"{cmd.name} needs a synced session")
             return self._reply(req, self._run(s, cmd, req))
         assert self.chain is not None
         try:
             out = self._run(s, cmd, req)
             resp = self._reply(req, out)
+            t = time.perf_counter()
             self.chain.append(blk.REQUEST, cmd, blk.message_digest(raw))
             self.chain.append(blk.RESPONSE, cmd, blk.message_digest(resp))
+            self._step("chain", t)
             if cmd == Cmd.PROOF or self.chain.must_commit():
+                t = time.perf_counter()
                 self.chain.commit()  # durable before anything leaves, the signature included
+                self._step("commit", t)
             return resp
         except TaError:
             self._unsync(s)
@@ -310,6 +335,7 @@ class SignerTA:
     def _check_lockout(self) -> None:
         left = self.lockout.remaining()
         if left > 0:
+            self.log.error("TA", f"refused: BUSY, locked out for {left:.1f} s (failures {self.lockout.failures})")
             raise TaError(TeecResult.BUSY, detail=f"locked out for {left:.1f} s")
 
     def _sync(self, s: Session, p: tuple) -> tuple:
@@ -322,14 +348,19 @@ class SignerTA:
         claimed = p[0].a | p[0].b << 32
         top = self.chain.committed_height
         if claimed + 1 < top:
+            self.log.error("TA", f"sync refused: BAD_STATE, normal world at height {claimed}, committed {top}: "
+                                 "behind (restored from an older copy?)")
             raise TaError(TeecResult.BAD_STATE, detail=f"normal world at {claimed}, committed {top}: behind")
         if claimed > top:
             raise TaError(TeecResult.BAD_PARAMETERS, detail=f"sync at {claimed} above committed {top}")
         known = self.chain.committed_hash(claimed)
-        if known is None or not hmac.compare_digest(tag, blk.sync_tag(known, s.nonce, claimed)):
+        t = time.perf_counter()
+        good = known is not None and hmac.compare_digest(tag, blk.sync_tag(known, s.nonce, claimed))
+        self._step("check", t)
+        if not good:
             self.counters["sync_failures"] += 1
             left = self.lockout.fail()
-            self.log.error("TA", f"sync refused at height {claimed} (failures {self.lockout.failures}, "
+            self.log.error("TA", f"sync refused: MAC_INVALID at height {claimed} (failures {self.lockout.failures}, "
                                  f"lockout {left:.1f} s)")
             raise TaError(TeecResult.MAC_INVALID, detail="sync tag")
         # Only a caller that proved it holds the chain takes over: one synced session at a time,
@@ -363,16 +394,22 @@ class SignerTA:
         self._check_lockout()
         if pending is None or pending.tip_height != self.chain.head_height:
             raise TaError(TeecResult.BAD_STATE, detail="PROOF without a directly preceding SIGN")
+        t = time.perf_counter()
         expected = blk.proof(pending.hashes, pending.challenge.nonce, pending.digest, pending.purpose,
                              self.chain.head_hash)
-        if len(p[0]) != 32 or not hmac.compare_digest(p[0], expected):
+        good = len(p[0]) == 32 and hmac.compare_digest(p[0], expected)
+        self._step("check", t)
+        if not good:
             self.counters["proof_failures"] += 1
             left = self.lockout.fail()
-            self.log.error("TA", f"proof refused (failures {self.lockout.failures}, lockout {left:.1f} s)")
+            self.log.error("TA", f"proof refused: MAC_INVALID (failures {self.lockout.failures}, "
+                                 f"lockout {left:.1f} s)")
             self.log.debug("TA", f"challenged heights {list(pending.challenge.heights)}")
             raise TaError(TeecResult.MAC_INVALID, detail="proof")
         self.lockout.succeed()
+        t = time.perf_counter()
         signature = self._key().sign_digest(pending.digest)
+        self._step("sign", t)
         self.counters["signatures"] += 1
         self.log.flow("TA", f"signed {Purpose(pending.purpose).name} digest {pending.digest.hex()[:16]}")
         return (None, _out(p[1], signature), _out(p[2], pending.digest), None)
@@ -397,7 +434,8 @@ class SignerTA:
         st = {"ta_uuid": str(TA_UUID), "ta_version": "%d.%d" % TA_VERSION, "state_error": self.storage_error,
               "key": self.key is not None, "paired": self.chain is not None,
               "address": digests.checksum_address(self.key.address) if self.key else None,
-              "lockout_seconds": round(left, 3), "counters": dict(self.counters)}
+              "lockout_seconds": round(left, 3), "counters": dict(self.counters),
+              "timing_us": {k: dict(v) for k, v in self.timing.items()}}
         if self.storage is not None:
             hdr = self.storage.rpmb.header
             st.update({"failures": hdr.failures, "rpmb_counter": hdr.state_counter,
@@ -406,6 +444,14 @@ class SignerTA:
             st.update({"pairing_id": self.chain.pairing_id.hex(), "timelock": self.chain.timelock,
                        "committed_height": self.chain.committed_height, "tentative": len(self.chain.tail)})
         return json.dumps(st, sort_keys=True).encode()
+
+
+def _timing_name(req: Frame) -> str | None:
+    """A known command's or kind's name; None for anything else, so a caller cannot grow the table."""
+    base = req.kind & ~Kind.RESPONSE
+    if base == Kind.INVOKE:
+        return Cmd(req.command).name if req.command in Cmd._value2member_map_ else None
+    return Kind(base).name if base in Kind._value2member_map_ else None
 
 
 def _out(capacity, data: bytes) -> bytes:

@@ -26,6 +26,7 @@ from ..tee.session import CHAIN_FILE, ChainedSession
 from ..tee.trace import format_event
 from .common import _hex, _identity, _print, _unchained, verify_and_address
 from .identity import add_identity_commands
+from .teedebug import add_chain_commands, add_tee_commands
 
 
 def cmd_tee_serve(g: Globals, args: argparse.Namespace) -> int:
@@ -231,8 +232,9 @@ def add_parsers(sub, json_flag) -> None:
     p.add_argument("--state", required=True)
     p.add_argument("--user")
     p.add_argument("--allow-uid", type=int, action="append")
-    p.add_argument("--log", default="-")
-    p.add_argument("--log-level", type=int, default=2, choices=range(5))
+    p.add_argument("--log", default="-", help="the secure log channel (a secure UART), OP-TEE's line format: "
+                                              "FILE, '-' (stderr, default), a pyserial URL or a serial port")
+    p.add_argument("--log-level", type=int, default=2, choices=range(5), help="0 none, 1 error, 2 info, 3 debug, 4 flow")
     p.add_argument("--board-serial")
     p.add_argument("--lockout-base", type=float, default=1.0)
     p.set_defaults(func=cmd_tee_serve)
@@ -262,6 +264,7 @@ def add_parsers(sub, json_flag) -> None:
     p.add_argument("file", metavar="FILE.pcapng")
     json_flag(p)
     p.set_defaults(func=cmd_tee_decode)
+    add_tee_commands(tee_p, json_flag)
 
     id_p = sub.add_parser("identity", help="the device identity").add_subparsers(dest="cmd", required=True)
     p = id_p.add_parser("show", help="EVM address and public key of the device key")
@@ -284,3 +287,4 @@ def add_parsers(sub, json_flag) -> None:
     p.add_argument("--tail", type=int, default=10)
     json_flag(p)
     p.set_defaults(func=cmd_chain_show)
+    add_chain_commands(ch_p, json_flag)

@@ -62,6 +62,18 @@ def _unpack_record(raw: bytes) -> Record | None:
     return Record(*_REC.unpack(body))
 
 
+def _read_header(fd: int, path: Path) -> tuple[bytes, int]:
+    """(pairing id, time-lock iterations); raises ChainCorrupt."""
+    raw = os.pread(fd, HEADER_SIZE, 0)
+    if len(raw) < HEADER_SIZE:
+        raise ChainCorrupt(f"{path}: {len(raw)} bytes, shorter than the chain header")
+    magic, pairing_id, timelock = _HDR.unpack_from(raw)
+    (crc,) = struct.unpack_from(">I", raw, _HDR.size)
+    if magic != _MAGIC or zlib.crc32(raw[:_HDR.size]) != crc:
+        raise ChainCorrupt(f"{path}: not a chain file (bad header)")
+    return pairing_id, timelock
+
+
 @dataclass(frozen=True)
 class OpenReport:
     dropped: int  # torn records dropped at open
@@ -98,13 +110,7 @@ class ChainLog:
             os.close(fd)
             raise ChainBusy(f"{path}: in use by another normal-world process") from None
         try:
-            raw = os.pread(fd, HEADER_SIZE, 0)
-            if len(raw) < HEADER_SIZE:
-                raise ChainCorrupt(f"{path}: {len(raw)} bytes, shorter than the chain header")
-            magic, pairing_id, timelock = _HDR.unpack_from(raw)
-            (crc,) = struct.unpack_from(">I", raw, _HDR.size)
-            if magic != _MAGIC or zlib.crc32(raw[:_HDR.size]) != crc:
-                raise ChainCorrupt(f"{path}: not a chain file (bad header)")
+            pairing_id, timelock = _read_header(fd, path)
             log = cls(path, fd, pairing_id, timelock)
             log._recover()
             return log
@@ -227,3 +233,102 @@ class ChainLog:
         os.ftruncate(self._fd, HEADER_SIZE + (height + 1) * RECORD_SIZE)
         self.head = rec
 
+
+
+# -- read-only access, for diagnostics ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What a read-only pass over a chain file found, verifying every block from genesis."""
+
+    records: int  # whole records in the file
+    partial_bytes: int  # bytes of a record cut short at the end
+    head: Record | None  # the last block that verifies from genesis
+    bad_height: int | None  # the first block that does not (None: every record verifies)
+    bad_reason: str
+
+    @property
+    def torn_tail(self) -> bool:
+        """ChainLog.open would drop the bad records as a torn tail rather than refuse the file."""
+        return self.bad_height is not None and self.records - self.bad_height <= UNSYNCED_MAX
+
+
+class ChainReader:
+    """A chain file opened read-only under a shared lock: nothing is repaired, truncated or written.
+
+    For `aitn chain diff`, `aitn tee selftest` and `aitn tee replay`, which must report what they
+    find rather than fix it (ChainLog.open drops a torn tail as it opens). The shared lock fails
+    while a normal-world process holds the chain (ChainBusy): its view would be moving.
+    """
+
+    def __init__(self, path: Path, fd: int, pairing_id: bytes, timelock: int) -> None:
+        self.path = path
+        self._fd = fd
+        self.pairing_id = pairing_id
+        self.timelock = timelock
+        size = os.fstat(fd).st_size - HEADER_SIZE
+        self.records = max(0, size) // RECORD_SIZE
+        self.partial_bytes = max(0, size) % RECORD_SIZE
+
+    @classmethod
+    def open(cls, path: Path) -> "ChainReader":
+        """Raises NotPaired (no file), ChainBusy (locked by a writer), ChainCorrupt (bad header)."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise NotPaired(f"{path}: no chain here; run `aitn tee pair`") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ChainBusy(f"{path}: in use by another normal-world process") from None
+        try:
+            return cls(path, fd, *_read_header(fd, path))
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> "ChainReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def record(self, height: int) -> Record | None:
+        """The record stored at ``height`` if it is there and passes its checksum (not re-verified)."""
+        if not 0 <= height < self.records:
+            return None
+        rec = _unpack_record(os.pread(self._fd, RECORD_SIZE, HEADER_SIZE + height * RECORD_SIZE))
+        return rec if rec is not None and rec.height == height else None
+
+    def scan(self) -> Scan:
+        """Recompute every stamp and hash from genesis; stops at the first block that fails."""
+        prev: Record | None = None
+        chunk = 1024
+        for first in range(0, self.records, chunk):
+            n = min(chunk, self.records - first)
+            raw = os.pread(self._fd, n * RECORD_SIZE, HEADER_SIZE + first * RECORD_SIZE)
+            for i in range(n):
+                h = first + i
+                rec = _unpack_record(raw[i * RECORD_SIZE:(i + 1) * RECORD_SIZE])
+                reason = ""
+                if rec is None:
+                    reason = "fails its checksum"
+                elif rec.height != h:
+                    reason = f"holds height {rec.height}"
+                elif prev is not None:
+                    b = blk.next_block(prev.hash, h, rec.direction, rec.command, rec.body_digest, self.timelock)
+                    if b.stamp != rec.stamp:
+                        reason = "time-lock stamp does not verify"
+                    elif b.hash != rec.hash:
+                        reason = "hash does not verify"
+                if reason:
+                    return Scan(self.records, self.partial_bytes, prev, h, reason)
+                prev = rec
+        return Scan(self.records, self.partial_bytes, prev, None, "")

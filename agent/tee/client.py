@@ -79,10 +79,14 @@ class _StreamTransport(Transport):
 
     def recv_frame(self) -> bytes:
         deadline = time.monotonic() + self.timeout
+        received = 0  # bytes that arrived without making a frame: on a serial line, a sign of the wrong device
         while not self._ready:
             if time.monotonic() > deadline:
-                raise TeeUnavailable(f"{self.url}: no answer within {self.timeout:g} s")
+                raise TeeUnavailable(f"{self.url}: no answer within {self.timeout:g} s" + (
+                    f" ({received} bytes arrived, none of them a frame: is this the secure world's line?)"
+                    if received else ""))
             data = self._read()
+            received += len(data)
             self._ready.extend(x for x in self._splitter.feed(data) if isinstance(x, bytes))
         return self._ready.pop(0)
 

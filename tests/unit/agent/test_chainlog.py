@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ChainBusy, ChainCorrupt, NotPaired
-from agent.tee.chainlog import HEADER_SIZE, RECORD_SIZE, TAIL_CHECK, UNSYNCED_MAX, ChainLog, Record
+from agent.tee.chainlog import (HEADER_SIZE, RECORD_SIZE, TAIL_CHECK, UNSYNCED_MAX, ChainLog, ChainReader,
+                                Record)
 from tee_sim.abi import block as blk
 
 PAIRING = b"\x0a" * 16
@@ -382,3 +383,67 @@ def test_bad_crc_deep_in_the_file_is_found_by_records(tmp_path, pristine):
             log.record(10)
         with pytest.raises(ChainCorrupt, match="block 10 fails its checksum"):
             log.verify()
+
+
+# -- the read-only reader (chain diff, self-test, replay) ------------------------------------------------
+
+
+def test_reader_scans_a_good_chain_and_reads_records(path):
+    blocks = build(path, 30)
+    with ChainReader.open(path) as r:
+        assert (r.pairing_id, r.timelock, r.records, r.partial_bytes) == (PAIRING, TIMELOCK, 31, 0)
+        scan = r.scan()
+        assert scan.head == as_record(blocks[30]) and scan.bad_height is None and not scan.torn_tail
+        assert r.record(17) == as_record(blocks[17])
+        assert r.record(31) is None and r.record(-1) is None
+
+
+@pytest.mark.parametrize("field, reason", [("stamp", "time-lock stamp does not verify"),
+                                           ("hash", "hash does not verify")])
+def test_reader_finds_the_first_altered_block_and_repairs_nothing(tmp_path, pristine, field, reason):
+    data, blocks = pristine
+    path = tmp_path / "chain.bin"
+    raw = bytearray(data)
+    raw[offset(40):offset(41)] = forge(blocks, 40, field)
+    raw += b"\x01" * 50  # and a torn partial record
+    write(path, bytes(raw))
+    with ChainReader.open(path) as r:
+        scan = r.scan()
+        assert (scan.bad_height, scan.bad_reason, scan.head) == (40, reason, as_record(blocks[39]))
+        assert not scan.torn_tail and scan.partial_bytes == 50 and scan.records == len(blocks)
+    assert path.read_bytes() == bytes(raw)  # read-only: ChainLog.open would have cut the partial record
+
+
+def test_reader_calls_damage_near_the_end_a_torn_tail(tmp_path, pristine):
+    data, blocks = pristine
+    path = tmp_path / "chain.bin"
+    raw = bytearray(data)
+    height = len(blocks) - UNSYNCED_MAX
+    raw[offset(height) + 3] ^= 1
+    write(path, bytes(raw))
+    with ChainReader.open(path) as r:
+        scan = r.scan()
+        assert (scan.bad_height, scan.bad_reason, scan.torn_tail) == (height, "fails its checksum", True)
+    with ChainLog.open(path) as log:  # and open agrees: dropped, not refused
+        assert log.head.height == height - 1
+
+
+def test_reader_shares_the_lock_with_readers_not_with_the_writer(path):
+    with ChainReader.open(path), ChainReader.open(path):
+        pass
+    with ChainLog.open(path):
+        with pytest.raises(ChainBusy):
+            ChainReader.open(path)
+    with ChainReader.open(path):
+        with pytest.raises(ChainBusy):
+            ChainLog.open(path)
+
+
+def test_reader_refuses_a_missing_file_and_a_bad_header(tmp_path, path):
+    with pytest.raises(NotPaired):
+        ChainReader.open(tmp_path / "none.bin")
+    raw = bytearray(path.read_bytes())
+    raw[3] ^= 1
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ChainCorrupt, match="bad header"):
+        ChainReader.open(path)
