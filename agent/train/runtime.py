@@ -1,8 +1,10 @@
 """The one door to LiteRT: a verified model file in an interpreter, with train/infer/parameters/restore.
 
-`ai-edge-litert` is the runtime; `tflite-runtime` is a fallback only for images pinned to numpy < 2
-(its wheels are built against numpy 1.x and fail to create an interpreter under numpy 2). The pip
-runtimes have no Flex delegate, so the models use builtin ops only (scripts/build_models.py).
+`ai-edge-litert` is the runtime, except on aarch64, where its train signature segfaults and
+`tflite-runtime` 2.14 is installed instead (pyproject.toml; docs/qemu.md). tflite-runtime's wheels
+are built against numpy 1.x (they fail to create an interpreter under numpy 2), and its aarch64
+library switches the whole process to flush-to-zero when it loads; ``_default_fp_env`` undoes that.
+The pip runtimes have no Flex delegate, so the models use builtin ops only (scripts/build_models.py).
 """
 
 from __future__ import annotations
@@ -16,11 +18,29 @@ from . import weights as weights_codec
 from .errors import RuntimeMissing, WeightsError
 from .manifest import MODELS_DIR, ModelSpec, spec_for, verified_bytes
 
+
+
+def _default_fp_env() -> None:
+    """Restore the C default floating-point environment (glibc's fesetenv(FE_DFL_ENV)).
+
+    tflite-runtime's aarch64 library is built with -ffast-math, whose start-up code sets the FPCR's
+    flush-to-zero bit for the whole process: every later float operation, numpy's included, would
+    turn subnormal numbers into zero. Training does not need it (same losses either way).
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL("libm.so.6").fesetenv(ctypes.c_void_p(-1))   # FE_DFL_ENV is ((const fenv_t *) -1)
+    except (OSError, AttributeError):
+        pass   # not glibc: nothing we know how to restore
+
+
 try:
     from ai_edge_litert.interpreter import Interpreter
-except ImportError:  # pragma: no cover - only on numpy<2 images that ship tflite-runtime
+except ImportError:  # aarch64: ai-edge-litert's train signature segfaults there (docs/qemu.md), tflite-runtime's works
     try:
         from tflite_runtime.interpreter import Interpreter
+        _default_fp_env()
     except ImportError:
         Interpreter = None
 

@@ -149,9 +149,30 @@ def kernel_package() -> str:
 NOT_IN_GUEST = ("river", "dp-accounting", "flwr", "matplotlib")  # too big for the initramfs (scipy; grpcio, uv, fastapi...)
 
 
+#: The environment markers of an arm64 board (pip evaluates markers against the machine it runs on,
+#: even with --platform, so requirements for the guest are resolved here).
+AARCH64_MARKERS = {"platform_machine": "aarch64", "platform_system": "Linux", "sys_platform": "linux",
+                   "os_name": "posix", "python_version": "3.11", "python_full_version": "3.11.2",
+                   "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+
+
+def for_aarch64(reqs: list[str]) -> list[str]:
+    """The requirements that apply on an arm64 board, without their markers (``tflite-runtime==2.14.0;
+    platform_machine == 'aarch64'`` -> ``tflite-runtime==2.14.0``; x86_64-only ones dropped)."""
+    from packaging.requirements import Requirement
+
+    out = []
+    for text in reqs:
+        r = Requirement(text)
+        if r.marker is None or r.marker.evaluate(AARCH64_MARKERS):
+            r.marker = None
+            out.append(str(r))
+    return out
+
+
 def requirements() -> list[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    reqs = project["dependencies"] + project["optional-dependencies"]["test"]
+    reqs = for_aarch64(project["dependencies"] + project["optional-dependencies"]["test"])
     return sorted(r for r in reqs if not r.startswith(NOT_IN_GUEST))
 
 
@@ -288,9 +309,8 @@ def compile_bytecode(root: Path) -> None:
 
 #: Files of the wheels that nothing run in the guest needs (dist-packages paths, glob patterns). The
 #: initramfs is unpacked into RAM: every MiB here is one the 1 GiB guest does not have for its work.
-PRUNE = ("ai_edge_litert/libLiteRtWebGpuAccelerator.so",    # a WebGPU accelerator: no GPU in the guest
-         "zstandard/_cffi.*.so",                            # the CFFI backend; the C backend is the default
-         "Crypto/SelfTest", "numpy/distutils", "numpy/*/tests", "numpy/_core/include",
+PRUNE = ("zstandard/_cffi.*.so",                            # the CFFI backend; the C backend is the default
+         "Crypto/SelfTest", "numpy/distutils", "numpy/*/tests", "numpy/_core/include", "numpy/core/include",
          "*/*.c", "*/*.pyx", "*/*.pxd")
 
 
@@ -311,7 +331,7 @@ def prune(site: Path) -> int:
 #: Left out of base-small.cpio, the initramfs of QEMU's raspi3b: its RAM is fixed at 1 GiB, and the
 #: kernel fails to unpack the full archive there ("Initramfs unpacking failed: write error"). The
 #: raspi3b tests (board shape, both worlds, pairing and signing) need none of these.
-SMALL_BOARD_OMITS = ("ai_edge_litert", "numpy", "numpy.libs", "ml_dtypes", "zstandard", "hypothesis")
+SMALL_BOARD_OMITS = ("tflite_runtime", "numpy", "numpy.libs", "zstandard", "hypothesis")
 
 
 def write_cpio(root: Path, dest: Path, omit: tuple[str, ...] = ()) -> None:

@@ -98,8 +98,8 @@ def test_uplink_to_a_node_on_the_host(guest, guest_figures, tmp_path):
     queues two updates and a manifest signed by its secure world, sends them over OSCORE; the node takes
     each exactly once, closes the round on them, and the device fetches the new global model it made.
 
-    The updates are random deltas shaped like the node's model, not LiteRT training: the train signature
-    crashes on aarch64 (docs/qemu.md)."""
+    The updates are random deltas shaped like the node's model (training itself runs on arm64 in the
+    unit tests below, with tflite-runtime: docs/qemu.md)."""
     import hashlib
     import sqlite3
     import subprocess
@@ -168,5 +168,5 @@ def test_unit_tests_pass_in_the_guest(guest, guest_figures):
     figures["unit_tests_s"] = round(time.monotonic() - t0, 1)
     tail = out.strip().splitlines()[-1] if out.strip() else ""
     figures["unit_tests_result"] = tail
-    # "N xfailed" (the litert_train tests on aarch64) is fine; "N failed" or "N error(s)" is not.
-    assert rc == 0 and " passed" in tail and not re.search(r"\b\d+ (failed|errors?)\b", tail), out
+    # training runs here too (tflite-runtime on aarch64): nothing failed, errored or was left as xfail
+    assert rc == 0 and " passed" in tail and not re.search(r"\b\d+ (failed|errors?|xfailed)\b", tail), out

@@ -12,6 +12,7 @@ import pytest
 from agent.train import weights as wcodec
 from agent.train.errors import ModelRejected, WeightsError
 from agent.train.manifest import MODELS_DIR, load_manifest
+from agent.train import runtime
 from agent.train.runtime import Model
 
 MANIFEST = load_manifest()
@@ -186,3 +187,21 @@ def test_bad_input_shapes_raise():
         m.infer(np.zeros((3, 5), np.float32))
     with pytest.raises(ValueError):
         m.train_step(np.zeros((3, 16), np.float32), np.zeros(2, np.int32), 0.1)
+
+
+@pytest.mark.litert_train
+def test_the_runtime_leaves_ieee_subnormals_alone():
+    """tflite-runtime's aarch64 library sets flush-to-zero for the whole process when it loads; the
+    runtime module puts the default back, so numbers below 2.2e-308 survive in every later computation."""
+    import struct
+
+    from agent.train import client
+
+    tiny = struct.unpack("<d", struct.pack("<Q", 1))[0]   # the smallest subnormal double, 5e-324
+    assert runtime.Interpreter is not None
+    w = client.initial_weights("activity", 1.0)
+    rng = np.random.default_rng(0)
+    client.local_round("activity", 1.0, w, rng.normal(size=(32, 16)).astype(np.float32), rng.integers(0, 4, 32),
+                       epochs=1, batch_size=32, lr=0.05, seed=1)
+    assert tiny * 1.0 > 0 and np.float64(tiny) * 2 == 2 * tiny
+    assert np.nextafter(np.float32(0), np.float32(1)) * np.float32(1) > 0
