@@ -93,7 +93,13 @@ def test_guest_reaches_only_the_host_side(guest):
         host.close()
 
 
-def test_uplink_to_a_node_on_the_host(guest, guest_figures, tmp_path):
+@pytest.fixture(scope="module")
+def node_state(tmp_path_factory) -> Path:
+    """The host node's state, kept across this module's tests: the device pins the node's key at enrollment."""
+    return tmp_path_factory.mktemp("node")
+
+
+def test_uplink_to_a_node_on_the_host(guest, guest_figures, node_state):
     """One federated round between the arm64 device and a node on the host (10.0.2.2): the device enrolls,
     queues two updates and a manifest signed by its secure world, sends them over OSCORE; the node takes
     each exactly once, closes the round on them, and the device fetches the new global model it made.
@@ -104,7 +110,7 @@ def test_uplink_to_a_node_on_the_host(guest, guest_figures, tmp_path):
     import sqlite3
     import subprocess
 
-    state = tmp_path / "node"
+    state = node_state
     node = guest.host_command([sys.executable, "-m", "agent", "node", "serve", "--listen", "127.0.0.1:5683",
                                "--state", str(state), "--min-updates", "2"],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
@@ -135,6 +141,36 @@ def test_uplink_to_a_node_on_the_host(guest, guest_figures, tmp_path):
     # round 1 closed on exactly the two updates; the device now holds the model it produced
     assert closed[0] == 2 and closed[1] == sum(q["samples"] for q in queued if q["kind"] == "update")
     assert rnd["round"] == 2 and rnd["hash"] == closed[2].hex()
+
+
+def test_a_device_trains_a_round_for_real_on_arm64(guest, guest_figures, node_state):
+    """The device's own loop on arm64, LiteRT training included (tflite-runtime): stored batches from the
+    agent's data path, `aitn device run --rounds 1` fetches the node's round and model, trains, signs the
+    update in the secure world and uplinks it; the node on the host aggregates it into its round."""
+    import sqlite3
+    import subprocess
+
+    node = guest.host_command([sys.executable, "-m", "agent", "node", "serve", "--listen", "127.0.0.1:5683",
+                               "--state", str(node_state)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        assert "listening" in node.stdout.readline().decode()
+        t0 = time.monotonic()
+        roots = guest.check(f"{NW} 'cd /opt/aitn && python3 -m tests.support.datasets /var/lib/aitn 20000'", 600)
+        assert roots.strip().splitlines()[-1].startswith("baf")
+        out = guest.check(f"{NW} '{AITN} device run --rounds 1 --poll 1'", 900)
+        guest_figures.setdefault("virt", {})["train_round_s"] = round(time.monotonic() - t0, 1)
+    finally:
+        node.terminate()
+        node.wait(15)
+    trained = [json.loads(line) for line in out.splitlines() if line.startswith("{") and '"round"' in line
+               and '"samples"' in line]
+    assert len(trained) == 1 and trained[0]["samples"] > 50 and trained[0]["sent"] >= 1
+    assert trained[0]["loss_after"] == trained[0]["loss_after"]   # finite, not NaN
+    db = sqlite3.connect(node_state / "node.db")
+    rnd = db.execute("SELECT updates, samples FROM rounds WHERE id = ?", (trained[0]["round"],)).fetchone()
+    db.close()
+    assert rnd[0] == 1 and rnd[1] == trained[0]["samples"]   # aggregated into the node's open round
 
 
 def test_work_utility_and_mint_request_on_arm64(guest):

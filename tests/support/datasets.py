@@ -99,3 +99,10 @@ def shuttle16(n: int, seed: int = 0):
     x16 = np.zeros((len(x), 16), np.float32)
     x16[:, :9] = np.clip((x - mu) / sd, -20, 20)     # a few readings sit hundreds of SDs out
     return x16, y
+
+
+if __name__ == "__main__":   # python -m tests.support.datasets HOME RECORDS: store one batch, print its root
+    import sys
+
+    for m in build_store(Path(sys.argv[1]), records=int(sys.argv[2]), batches=1):
+        print(m.root)
