@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml 2>/dev/null | cut -c1-12)
 
-.PHONY: run test test-fast qemu-test qemu-guest bench clean venv
+.PHONY: run test test-fast qemu-test qemu-guest bench clean venv deb pi-image pi-test
 
 venv: $(STAMP)
 
@@ -32,6 +32,20 @@ qemu-guest: $(STAMP)
 
 qemu-test: $(STAMP)
 	$(PY) -m pytest tests/qemu --qemu -v
+
+# The device package: build/deb/aitn-agent_<version>_arm64.deb (docs/pi.md).
+deb: $(STAMP)
+	$(PY) scripts/deb/build_deb.py
+
+# The package on a Pi-like arm64 guest with systemd (tests/pi, docs/pi.md: root, mmdebstrap, about 10 minutes
+# once the image is built). The test builds the next version and a broken one from the same tree.
+pi-image: $(STAMP)
+	$(PY) scripts/qemu/build_pi_image.py
+
+pi-test: $(STAMP)
+	rm -rf build/pi/debs
+	$(PY) scripts/deb/build_deb.py --compression gzip --out build/pi/debs
+	$(PY) -m pytest tests/pi --pi -v
 
 bench: $(STAMP)
 	$(PY) bench/handshake.py
