@@ -23,6 +23,9 @@ DEFAULT_HOME = "/var/lib/aitn"
 DEFAULT_TEE = "unix:///run/aitn/tee.sock"
 #: The incentive cycle, seconds (the network's 24 hours; tests shorten it).
 DEFAULT_CYCLE_S = 86400.0
+#: A command waits this long for the chain while a service's operation holds it (one signature, one
+#: batch's pseudonyms: well under a second on a Pi 4, seconds on a loaded Zero 2 W).
+DEFAULT_LOCK_WAIT_S = 60.0
 #: Disk quota of the local blockstore, bytes.
 DEFAULT_STORE_QUOTA = 1 << 30
 #: Where board files are looked up: the source tree (or the installed package's copy), then /etc.
@@ -36,6 +39,7 @@ class Globals:
     timeout: float = 10.0
     board: "BoardConfig | None" = None
     cycle_s: float = DEFAULT_CYCLE_S
+    lock_wait_s: float = 0.0   # how long to wait for another normal-world process to let go of the chain
 
 
 @dataclass(frozen=True)
@@ -186,7 +190,8 @@ def _provisioned_board(home: Path) -> str | None:
 
 
 def resolve_globals(home: str | None, tee: str | None, board: str | None, timeout: float,
-                    environ: dict[str, str] | None = None, cycle_s: float | None = None) -> Globals:
+                    environ: dict[str, str] | None = None, cycle_s: float | None = None,
+                    lock_wait_s: float | None = None) -> Globals:
     """Flag, then environment, then board file, then built-in default."""
     env = os.environ if environ is None else environ
     board_name = board or env.get("AITN_BOARD")
@@ -203,7 +208,15 @@ def resolve_globals(home: str | None, tee: str | None, board: str | None, timeou
             raise ConfigError(f"AITN_CYCLE_S={text!r}: expected seconds") from None
     if not cycle_s >= 1 or cycle_s == float("inf"):
         raise ConfigError(f"incentive cycle {cycle_s!r} s: must be at least 1 s")
-    return Globals(Path(home), tee, timeout, cfg, float(cycle_s))
+    if lock_wait_s is None:
+        text = env.get("AITN_LOCK_WAIT_S")
+        try:
+            lock_wait_s = float(text) if text else DEFAULT_LOCK_WAIT_S
+        except ValueError:
+            raise ConfigError(f"AITN_LOCK_WAIT_S={text!r}: expected seconds") from None
+    if not 0 <= lock_wait_s < float("inf"):
+        raise ConfigError(f"chain lock wait {lock_wait_s!r} s: must be 0 or more")
+    return Globals(Path(home), tee, timeout, cfg, float(cycle_s), float(lock_wait_s))
 
 
 def as_dict(cfg: BoardConfig) -> dict:

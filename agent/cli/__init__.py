@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the secure world")
     ap.add_argument("--cycle-seconds", type=float, help="incentive cycle length ($AITN_CYCLE_S, or "
                                                         f"{config.DEFAULT_CYCLE_S:g} s)")
+    ap.add_argument("--lock-wait", type=float, metavar="SECONDS",
+                    help="how long to wait while another normal-world process holds the chain "
+                         f"($AITN_LOCK_WAIT_S, or {config.DEFAULT_LOCK_WAIT_S:g} s; 0: fail at once with exit 22)")
     sub = ap.add_subparsers(dest="group", required=True)
 
     def json_flag(p: argparse.ArgumentParser) -> None:
@@ -39,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        g = config.resolve_globals(args.home, args.tee, args.board, args.timeout, cycle_s=args.cycle_seconds)
+        g = config.resolve_globals(args.home, args.tee, args.board, args.timeout, cycle_s=args.cycle_seconds,
+                                   lock_wait_s=args.lock_wait)
         return args.func(g, args)
     except AgentError as e:
         print(f"aitn: error: {e}", file=sys.stderr)

@@ -11,6 +11,7 @@ from tee_sim.abi.ids import Cmd
 from .. import config
 from ..config import Globals
 from ..signature import verify
+from ..tee.access import ChainAccess
 from ..tee.client import TeeClient
 
 
@@ -32,6 +33,11 @@ def _unchained(g: Globals, cmd: Cmd, params: tuple):
     finally:
         client.close()
     return resp
+
+
+def chain_access(g: Globals) -> ChainAccess:
+    """Chained sessions opened per operation, each waiting up to ``g.lock_wait_s`` for the chain."""
+    return ChainAccess(g.tee, g.home, g.timeout, g.lock_wait_s)
 
 
 def verify_and_address(g: Globals, digest: bytes, signature: bytes) -> str:

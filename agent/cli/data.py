@@ -11,8 +11,7 @@ from tee_sim.abi import digests
 from .. import config
 from ..config import Globals
 from ..errors import AgentError
-from ..tee.session import ChainedSession
-from .common import _datasets, _identity, _print
+from .common import _datasets, _identity, _print, chain_access
 
 
 def cmd_data_cid(g: Globals, args: argparse.Namespace) -> int:
@@ -78,9 +77,9 @@ def cmd_ingest(g: Globals, args: argparse.Namespace) -> int:
 
     from ..utility.meters import Meters
 
-    with ChainedSession.open(g.tee, g.home, timeout=g.timeout) as session, Meters(g.home, g.cycle_s) as meters:
+    with Meters(g.home, g.cycle_s) as meters:
         summary = service.run(g.home, url=url, baudrate=baudrate, device=digests.checksum_address(address),
-                              limits=limits, policy=policy, pseudonymize=TeePseudonymizer(session),
+                              limits=limits, policy=policy, pseudonymize=TeePseudonymizer(chain_access(g).session),
                               store=_datasets(g), cfg=cfg, duration=args.duration, count=args.count,
                               on_batch=on_batch, meter=meters.add)
     from dataclasses import asdict

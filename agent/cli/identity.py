@@ -17,9 +17,8 @@ from ..fsio import write_atomic
 from ..identity import eip712, mint
 from ..identity.errors import IdentityError, MintRequestInvalid
 from ..tee import handshake
-from ..tee.session import ChainedSession
 from ..utility.capacity import fixed_nano_wu, probe
-from .common import _hex, _identity, _print, verify_and_address
+from .common import _hex, _identity, _print, chain_access, verify_and_address
 
 
 def _utc(t: int) -> str:
@@ -38,7 +37,7 @@ def signed_mint_request(g: Globals, owner: bytes, chain_id: int, contract: bytes
                            deadline=deadline if deadline is not None else now + mint.DEFAULT_TTL_S,
                            chain_id=chain_id, contract=contract)
     mint.check_request(req, now)  # before the secure world signs anything
-    with ChainedSession.open(g.tee, g.home, timeout=g.timeout) as s:
+    with chain_access(g).session() as s:
         td, d, sig = mint.sign_request(req, lambda digest: handshake.sign_digest(s, digest).signature)
     address = verify_and_address(g, d, sig)
     obj = {"typed_data": td, "signature": _hex(sig),

@@ -24,7 +24,7 @@ from ..tee.decode import decode_capture, format_packet, summary, to_json
 from ..tee.pairing import pair
 from ..tee.session import CHAIN_FILE, ChainedSession
 from ..tee.trace import format_event
-from .common import _hex, _identity, _print, _unchained, verify_and_address
+from .common import _hex, _identity, _print, _unchained, chain_access, verify_and_address
 from .identity import add_identity_commands
 from .teedebug import add_chain_commands, add_tee_commands
 
@@ -64,7 +64,7 @@ def cmd_tee_status(g: Globals, args: argparse.Namespace) -> int:
     st["normal_world"] = {"home": str(g.home), "chain": chain_path.exists()}
     if chain_path.exists():
         try:
-            with ChainLog.open(chain_path) as c:
+            with ChainLog.open(chain_path, g.lock_wait_s) as c:
                 st["normal_world"].update({"height": c.head.height, "pairing_id": c.pairing_id.hex(),
                                            "dropped_torn_records": c.dropped})
         except AgentError as e:
@@ -90,7 +90,8 @@ def cmd_tee_handshake(g: Globals, args: argparse.Namespace) -> int:
     digest = bytes.fromhex(args.digest.removeprefix("0x")) if args.digest else os.urandom(32)
     t0 = time.perf_counter()
     try:
-        with ChainedSession.open(g.tee, g.home, timeout=g.timeout, trace=events.append) as s:
+        with ChainedSession.open(g.tee, g.home, timeout=g.timeout, trace=events.append,
+                                 lock_wait_s=g.lock_wait_s) as s:
             signed = handshake.sign_digest(s, digest)
             total = time.perf_counter() - t0
             steps = list(s.steps)
@@ -188,7 +189,7 @@ def cmd_identity_show(g: Globals, args: argparse.Namespace) -> int:
 
 
 def cmd_sign(g: Globals, args: argparse.Namespace) -> int:
-    with ChainedSession.open(g.tee, g.home, timeout=g.timeout) as s:
+    with chain_access(g).session() as s:
         if args.message is not None:
             signed = handshake.sign_message(s, args.message.encode())
         else:
@@ -203,7 +204,7 @@ def cmd_sign(g: Globals, args: argparse.Namespace) -> int:
 
 def cmd_chain_verify(g: Globals, args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    with ChainLog.open(g.home / CHAIN_FILE) as c:
+    with ChainLog.open(g.home / CHAIN_FILE, g.lock_wait_s) as c:
         n = c.verify()
         obj = {"blocks": n, "head_height": c.head.height, "pairing_id": c.pairing_id.hex(), "timelock": c.timelock,
                "dropped_torn_records": c.dropped, "seconds": round(time.perf_counter() - t0, 3)}
@@ -214,7 +215,7 @@ def cmd_chain_verify(g: Globals, args: argparse.Namespace) -> int:
 
 def cmd_chain_show(g: Globals, args: argparse.Namespace) -> int:
     # Block hashes are the pairing's secret: only an 8-hex-digit prefix is ever shown.
-    with ChainLog.open(g.home / CHAIN_FILE) as c:
+    with ChainLog.open(g.home / CHAIN_FILE, g.lock_wait_s) as c:
         start = max(0, c.head.height - args.tail + 1)
         rows = [{"height": r.height, "direction": "NW->SW" if r.direction == 0 else "SW->NW",
                  "command": Cmd(r.command).name if r.command in Cmd._value2member_map_ else r.command,

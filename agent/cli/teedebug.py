@@ -104,7 +104,7 @@ def cmd_tee_bench(g: Globals, args: argparse.Namespace) -> int:
 
 
 def cmd_chain_diff(g: Globals, args: argparse.Namespace) -> int:
-    report = chaindiff.compare(g.tee, g.home, g.timeout)
+    report = chaindiff.compare(g.tee, g.home, g.timeout, g.lock_wait_s)
     _print(args, report.to_json(), "\n".join(chaindiff.format_report(report)))
     dg = report.diagnosis
     if not dg.ok:

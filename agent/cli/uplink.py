@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ..config import Globals
-from .common import _datasets, _identity, _print
+from .common import _datasets, _identity, _print, chain_access
 
 DEFAULT_OUTBOX_QUOTA = 64 << 20
 
@@ -40,34 +40,25 @@ def _meters(g: Globals):
     return Meters(g.home, g.cycle_s)
 
 
-def _signer(session):
-    from ..tee import handshake
-
-    return lambda digest: handshake.sign_digest(session, digest).signature
-
-
 def cmd_enroll(g: Globals, args: argparse.Namespace) -> int:
-    from ..tee.session import ChainedSession
     from ..uplink.enroll import enroll
 
     pub, dev = _identity(g)
     capacity = args.capacity if args.capacity is not None else fixed_capacity(g)
     pin = bytes.fromhex(args.node_address.removeprefix("0x")) if args.node_address else None
-    with ChainedSession.open(g.tee, g.home, timeout=g.timeout) as s:
-        rec = asyncio.run(enroll(g.home, args.node, dev=dev, pub=pub, board=g.board.name if g.board else "",
-                                 capacity=capacity, sign=_signer(s), node_address=pin, cfg=_link_cfg(args)))
+    rec = asyncio.run(enroll(g.home, args.node, dev=dev, pub=pub, board=g.board.name if g.board else "",
+                             capacity=capacity, sign=chain_access(g).sign_digest, node_address=pin,
+                             cfg=_link_cfg(args)))
     _print(args, rec, f"enrolled with node 0x{rec['node']} at {rec['uri']} (OSCORE sender id {rec['sid']})")
     return 0
 
 
 def _enqueue(g: Globals, kind: str, payload: dict) -> int:
-    from ..tee.session import ChainedSession
     from ..uplink import items
 
     _, dev = _identity(g)
-    with ChainedSession.open(g.tee, g.home, timeout=g.timeout) as s:
-        sign = _signer(s)
-        item = _outbox(g).put(kind, lambda seq: items.envelope(kind, payload, dev=dev, seq=seq, sign=sign))
+    sign = chain_access(g).sign_digest
+    item = _outbox(g).put(kind, lambda seq: items.envelope(kind, payload, dev=dev, seq=seq, sign=sign))
     return item.seq
 
 
@@ -246,7 +237,6 @@ def cmd_device_run(g: Globals, args: argparse.Namespace) -> int:
     """Take part in the node's rounds: train once per open round, send; until --rounds are done or SIGTERM."""
     import signal
 
-    from ..tee.session import ChainedSession
     from ..uplink.link import NodeLink, read_node
     from ..uplink.participate import step
     from ..utility.emit import emit_due, training_work
@@ -269,13 +259,13 @@ def cmd_device_run(g: Globals, args: argparse.Namespace) -> int:
         meters = _meters(g)
         try:
             while not stop.is_set() and (args.rounds is None or done < args.rounds):
-                with ChainedSession.open(g.tee, g.home, timeout=g.timeout) as s:
-                    st = await step(g.home, link, outbox, store, dev=dev, sign=_signer(s), datasets=datasets)
-                    meters.add(link.take_meters())
-                    if st.trained:
-                        meters.add(training_work(st.metrics))
-                    reports = (emit_due(meters, outbox, dev=dev, sign=_signer(s), capacity=capacity)
-                               if capacity is not None else [])
+                # The chain is held only while a signature is made, never while the node is talked to.
+                sign = chain_access(g).sign_digest
+                st = await step(g.home, link, outbox, store, dev=dev, sign=sign, datasets=datasets)
+                meters.add(link.take_meters())
+                if st.trained:
+                    meters.add(training_work(st.metrics))
+                reports = emit_due(meters, outbox, dev=dev, sign=sign, capacity=capacity) if capacity is not None else []
                 for cycle, seq in reports:
                     print(json.dumps({"report": cycle, "seq": seq}), flush=True)
                 if st.trained:

@@ -9,7 +9,7 @@ import time
 
 from ..config import Globals
 from ..uplink.errors import UnknownDevice
-from .common import _identity, _print
+from .common import _identity, _print, chain_access
 
 
 def _meters(g: Globals):
@@ -47,10 +47,9 @@ def cmd_utility_show(g: Globals, args: argparse.Namespace) -> int:
 
 def cmd_utility_report(g: Globals, args: argparse.Namespace) -> int:
     """Queue a signed report for every ended cycle not reported yet (then `aitn uplink send`)."""
-    from ..tee.session import ChainedSession
     from ..uplink.link import read_node
     from ..utility.emit import emit_due
-    from .uplink import _outbox, _signer
+    from .uplink import _outbox
 
     node = read_node(g.home)
     if node is None or "capacity" not in node:
@@ -61,8 +60,7 @@ def cmd_utility_report(g: Globals, args: argparse.Namespace) -> int:
         if not m.due():
             done = []
         else:
-            with ChainedSession.open(g.tee, g.home, timeout=g.timeout) as s:
-                done = emit_due(m, _outbox(g), dev=dev, sign=_signer(s), capacity=node["capacity"])
+            done = emit_due(m, _outbox(g), dev=dev, sign=chain_access(g).sign_digest, capacity=node["capacity"])
     _print(args, {"queued": [{"cycle": c, "seq": q} for c, q in done]},
            f"queued {len(done)} report(s)" + (f" for cycles {[c for c, _ in done]}" if done else ""))
     return 0

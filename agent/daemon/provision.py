@@ -106,7 +106,7 @@ def worlds_paired(g: Globals) -> bool:
     if not st.get("paired") or not path.exists():
         return False
     try:
-        with ChainLog.open(path) as c:
+        with ChainLog.open(path, g.lock_wait_s) as c:
             return c.pairing_id.hex() == st.get("pairing_id")
     except AgentError:
         return False
@@ -122,9 +122,8 @@ def provision(g: Globals, want: Provisioning, *, node_address: bytes | None = No
     import asyncio
     import time
 
-    from ..tee.handshake import sign_digest
     from ..tee.pairing import pair
-    from ..tee.session import ChainedSession
+    from ..tee.access import ChainAccess
     from ..uplink.enroll import enroll
     from ..uplink.errors import EnrollmentError
     from ..uplink.link import LinkConfig, read_node
@@ -151,11 +150,10 @@ def provision(g: Globals, want: Provisioning, *, node_address: bytes | None = No
         deadline = time.monotonic() + (wait_s if want.role == "node" else 0.0)
         while True:
             try:
-                with ChainedSession.open(g.tee, g.home, timeout=g.timeout) as s:
-                    asyncio.run(enroll(g.home, want.node, dev=dev, pub=pub, board=want.board,
-                                       capacity=capacity.capacity(capacity.probe(g.board.hardware)),
-                                       sign=lambda d: sign_digest(s, d).signature, node_address=node_address,
-                                       cfg=LinkConfig()))
+                access = ChainAccess(g.tee, g.home, g.timeout, g.lock_wait_s)
+                asyncio.run(enroll(g.home, want.node, dev=dev, pub=pub, board=want.board,
+                                   capacity=capacity.capacity(capacity.probe(g.board.hardware)),
+                                   sign=access.sign_digest, node_address=node_address, cfg=LinkConfig()))
                 break
             except EnrollmentError as e:
                 if e.unreachable and time.monotonic() <= deadline:

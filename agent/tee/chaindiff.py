@@ -304,13 +304,14 @@ class Report:
                 "probe": asdict(self.probe) if self.probe else None, **asdict(self.diagnosis)}
 
 
-def compare(url: str, home: Path, timeout: float = 10.0) -> Report:
-    """Both views and, when heights leave it open, one SYNC probe. Raises TeeUnavailable, ChainBusy."""
+def compare(url: str, home: Path, timeout: float = 10.0, lock_wait_s: float = 0.0) -> Report:
+    """Both views and, when heights leave it open, one SYNC probe. Raises TeeUnavailable, ChainBusy
+    (an agent holds the chain for more than ``lock_wait_s``)."""
     path = home / CHAIN_FILE
     archived = archived_chains(home)
     reader, error = None, ""
     try:
-        reader = ChainReader.open(path)
+        reader = ChainReader.open(path, lock_wait_s)
     except NotPaired:
         pass
     except ChainCorrupt as e:

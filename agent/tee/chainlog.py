@@ -8,7 +8,8 @@ protocol requires it (before a PROOF or a commit-triggering request). After a cr
 written since the last fdatasync may be torn: on open, records at the end with a bad checksum, a
 bad link or a short length are dropped (and reported), never accepted. A bad record *before* a
 good one is corruption, not a torn tail, and is refused. The file is locked (flock) while open:
-one normal-world process drives the pairing at a time.
+one normal-world process drives the pairing at a time; another one may wait for it (``wait_s``), as a
+command run by hand waits for the agent service's pass to end.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,25 @@ _REC = struct.Struct(">QBI32s32s32s")
 UNSYNCED_MAX = blk.MAX_TENTATIVE + 4
 #: Records checked at open.
 TAIL_CHECK = 2 * UNSYNCED_MAX
+
+
+def _lock(fd: int, op: int, path: Path, wait_s: float) -> None:
+    """flock ``op`` within ``wait_s`` seconds (polled, so a stuck holder cannot hang us); closes ``fd``
+    and raises ChainBusy when the lock stays taken."""
+    deadline = time.monotonic() + max(0.0, wait_s)
+    pause = 0.02
+    while True:
+        try:
+            fcntl.flock(fd, op | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                os.close(fd)
+                waited = f" (waited {wait_s:g} s)" if wait_s > 0 else ""
+                raise ChainBusy(f"{path}: in use by another normal-world process{waited}") from None
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.25)
 
 
 def _pack_record(b: blk.Block) -> bytes:
@@ -99,16 +120,13 @@ class ChainLog:
         write_atomic(path, hdr + _pack_record(genesis))
 
     @classmethod
-    def open(cls, path: Path) -> "ChainLog":
+    def open(cls, path: Path, wait_s: float = 0.0) -> "ChainLog":
+        """Lock (waiting up to ``wait_s`` for another process to let go), check and recover the chain."""
         try:
             fd = os.open(path, os.O_RDWR)
         except FileNotFoundError:
             raise NotPaired(f"{path}: no chain here; run `aitn tee pair`") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise ChainBusy(f"{path}: in use by another normal-world process") from None
+        _lock(fd, fcntl.LOCK_EX, path, wait_s)
         try:
             pairing_id, timelock = _read_header(fd, path)
             log = cls(path, fd, pairing_id, timelock)
@@ -272,17 +290,13 @@ class ChainReader:
         self.partial_bytes = max(0, size) % RECORD_SIZE
 
     @classmethod
-    def open(cls, path: Path) -> "ChainReader":
-        """Raises NotPaired (no file), ChainBusy (locked by a writer), ChainCorrupt (bad header)."""
+    def open(cls, path: Path, wait_s: float = 0.0) -> "ChainReader":
+        """Raises NotPaired (no file), ChainBusy (locked by a writer past ``wait_s``), ChainCorrupt (bad header)."""
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             raise NotPaired(f"{path}: no chain here; run `aitn tee pair`") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise ChainBusy(f"{path}: in use by another normal-world process") from None
+        _lock(fd, fcntl.LOCK_SH, path, wait_s)
         try:
             return cls(path, fd, *_read_header(fd, path))
         except BaseException:

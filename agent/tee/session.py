@@ -43,12 +43,13 @@ class ChainedSession:
 
     @classmethod
     def open(cls, url: str, home: Path, *, timeout: float = 10.0,
-             trace: Callable[[TraceEvent], None] | None = None) -> "ChainedSession":
-        """Connect, open a session and lock the chain file (raises NotPaired if there is none)."""
+             trace: Callable[[TraceEvent], None] | None = None, lock_wait_s: float = 0.0) -> "ChainedSession":
+        """Connect, open a session and lock the chain file, waiting up to ``lock_wait_s`` for another
+        normal-world process to let go of it (raises NotPaired if there is none, ChainBusy)."""
         client = TeeClient.connect(url, timeout, trace)
         try:
             opened = client.open_session()
-            return cls(client, opened, ChainLog.open(home / CHAIN_FILE))
+            return cls(client, opened, ChainLog.open(home / CHAIN_FILE, lock_wait_s))
         except BaseException:
             client.close()
             raise

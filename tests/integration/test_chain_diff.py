@@ -169,5 +169,5 @@ def test_an_unreachable_secure_world_is_a_transport_error(home, paired, tee, cli
 
 def test_a_chain_in_use_is_not_diffed(tee, home, paired, cli):
     with ChainLog.open(home / "chain.log"):
-        res = cli("chain", "diff", home=home, tee=tee, check=False)
-    assert res.returncode == 22 and "in use" in res.stderr
+        res = cli("--lock-wait", "0.2", "chain", "diff", home=home, tee=tee, check=False)
+    assert res.returncode == 22 and "in use" in res.stderr and "(waited 0.2 s)" in res.stderr

@@ -100,6 +100,30 @@ def test_ingest_stores_only_desensitized_batches_and_counts_add_up(tee, home, pa
         assert res.returncode == 42 and "budget" in res.stderr and res.stdout == ""
 
 
+def test_a_running_ingest_leaves_the_chain_to_other_commands(tee, home, paired, cli):
+    """Ingest runs for hours as a service: it takes the chain only for a batch's new pseudonyms, so a
+    signature asked for meanwhile (`device run`'s, or one by hand) gets its turn."""
+    sim = Sim("--url", "tcp-listen://127.0.0.1:0", "--rate", "2000", "--count", "40000", "--seed", "9")
+    proc = _ingest(home, tee.url, "--url", f"socket://127.0.0.1:{sim.port}", "--policy", str(POLICY),
+                   "--duration", "12", "--batch-records", "1000")
+    try:
+        assert proc.stdout.readline().startswith("stored ")    # pseudonyms computed: it is past its first batch
+        signed = []
+        for i in range(3):
+            res = cli("--lock-wait", "10", "sign", "--message", f"during ingest {i}", "--json", home=home, tee=tee)
+            signed.append(json.loads(res.stdout)["signature"])
+        assert proc.poll() is None, "the signatures were made while the ingest ran"
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        sim.finish()
+    assert proc.returncode == 0, err
+    assert len(set(signed)) == 3
+    assert DatasetStore(home / "store", 1 << 30).verify()["problems"] == []
+    res = cli("chain", "verify", "--json", home=home)
+    assert json.loads(res.stdout)["dropped_torn_records"] == 0
+
+
 def _permissive_policy(path: Path) -> Path:
     """The default policy without zones and keeping rows before the first fix: every cleaned row is stored."""
     text = POLICY.read_text()

@@ -6,17 +6,32 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+import pytest
+
+from agent.errors import ChainBusy
+from agent.tee.access import ChainAccess
+from agent.tee.chainlog import ChainLog
 from agent.tee.pairing import pair
 from agent.tee.pseudonym import TeePseudonymizer
-from agent.tee.session import ChainedSession
 
 BADGE = b"04:A2:19:7C:3B:5D:80"
 DOMAIN_OPERATOR = 2
 
 
 def _pseudonyms(url: str, home, values: list[bytes]) -> list[bytes]:
-    with ChainedSession.open(url, home) as s:
-        return TeePseudonymizer(s)(DOMAIN_OPERATOR, values)
+    return TeePseudonymizer(ChainAccess(url, home).session)(DOMAIN_OPERATOR, values)
+
+
+def test_the_chain_is_held_only_while_pseudonyms_are_computed(tee, home, paired):
+    p = TeePseudonymizer(ChainAccess(tee.url, home).session)
+    first = p(DOMAIN_OPERATOR, [BADGE, b"x", BADGE])
+    assert first[0] == first[2] and p.exchanges == 2 and p.sessions == 1
+    with ChainLog.open(home / "chain.log"):      # free between calls: another process may take it
+        assert p(DOMAIN_OPERATOR, [b"x", BADGE]) == [first[1], first[0]]   # cached: no session needed
+        with pytest.raises(ChainBusy):
+            p(DOMAIN_OPERATOR, [b"new"])
+    assert p.sessions == 2 and p.exchanges == 2
+    assert p(DOMAIN_OPERATOR, [b"new"])[0] not in first and p.exchanges == 3
 
 
 def test_stable_under_one_key_unlinkable_across_keys(make_tee, workdir):

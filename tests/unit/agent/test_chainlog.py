@@ -8,6 +8,7 @@ import random
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -207,6 +208,40 @@ def test_open_from_another_process_is_busy(path):
     with ChainLog.open(path):
         assert run() == 22
     assert run() == 0
+
+
+def test_open_waits_for_another_process_to_let_go(path):
+    code = ("import sys, time\nfrom pathlib import Path\nfrom agent.tee.chainlog import ChainLog\n"
+            "with ChainLog.open(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(0.6)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=Path(__file__).parents[3],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        with ChainLog.open(path, wait_s=30) as log:
+            waited = time.monotonic() - t0
+            assert holder.poll() is not None   # we got it only once the holder had let go
+            assert log.head.height == 0
+        assert 0.2 < waited < 30
+    finally:
+        holder.wait(timeout=60)
+
+
+@pytest.mark.parametrize("opener", [ChainLog.open, ChainReader.open])
+def test_open_gives_up_after_its_wait_and_says_so(path, opener):
+    with ChainLog.open(path):
+        t0 = time.monotonic()
+        with pytest.raises(ChainBusy, match=r"in use by another normal-world process \(waited 0.3 s\)"):
+            opener(path, 0.3)
+        assert time.monotonic() - t0 >= 0.3
+    with opener(path, 0.3):   # the failed waits left nothing locked
+        pass
+
+
+def test_readers_share_the_lock(path):
+    with ChainReader.open(path), ChainReader.open(path, 0):
+        with pytest.raises(ChainBusy):
+            ChainLog.open(path)
 
 
 def test_failed_open_releases_its_descriptor_and_lock(path):
