@@ -100,17 +100,19 @@ def test_loop_url_delivers_every_frame_in_order_stamped_by_the_injected_clock(re
 
 
 def test_pty_sim_process_to_reader(sims, readers):
-    sim = sims("--url", "pty", "--rate", "2000", "--count", "2000", "--clean", "--seed", "3")
+    # A pty drops what does not fit its buffer while the reader lags (as a UART does): a modest rate
+    # keeps a loaded CI host from turning this exact-delivery check into a test of the scheduler.
+    sim = sims("--url", "pty", "--rate", "500", "--count", "1000", "--clean", "--seed", "3")
     assert sim.line.startswith("pty /dev/")
     path = sim.line.split(" ", 1)[1]
     reader = readers(path, reconnect_delay=0.1)
     items = collect(reader, has(LinkDown), timeout=15)   # the simulator closes the pty when done
-    assert [f.seq for f in frames(items)] == list(range(2000))
+    assert [f.seq for f in frames(items)] == list(range(1000))
     assert [(f.record_type, f.fields) for f in frames(items)] == list(
-        islice(TelemetrySim(SimConfig(seed=3, rate_hz=2000, clean=True)).records(), 2000))
+        islice(TelemetrySim(SimConfig(seed=3, rate_hz=500, clean=True)).records(), 1000))
     assert reader.stats.corrupt == {} and reader.stats.gaps == 0
     report = sim.finish()
-    assert report["records"] == 2000 and report["lost_records"] == 0 and report["connections"] == 1
+    assert report["records"] == 1000 and report["lost_records"] == 0 and report["connections"] == 1
 
 
 # -- TCP: a simulator killed and restarted, sockets closed mid-frame ------------------------------------
