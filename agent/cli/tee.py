@@ -45,7 +45,7 @@ def cmd_tee_serve(g: Globals, args: argparse.Namespace) -> int:
 
 
 def cmd_tee_pair(g: Globals, args: argparse.Namespace) -> int:
-    p = pair(g.tee, g.home, args.time_lock, g.timeout)
+    p = pair(g.tee, g.home, args.time_lock, g.timeout, g.lock_wait_s)
     addr = digests.checksum_address(p.address)
     obj = {"pairing_id": p.pairing_id.hex(), "timelock": p.timelock, "address": addr,
            "created_key": p.created_key, "archived_chain": str(p.archived) if p.archived else None}

@@ -132,7 +132,7 @@ def provision(g: Globals, want: Provisioning, *, node_address: bytes | None = No
     want.check()
     changed: list[str] = []
     if not worlds_paired(g):
-        p = pair(g.tee, g.home, timeout=g.timeout)
+        p = pair(g.tee, g.home, timeout=g.timeout, lock_wait_s=g.lock_wait_s)
         changed.append("created the device key and paired the worlds" if p.created_key else "paired the worlds")
     pub, dev = device_key(g)
     path = g.home / PROVISION_FILE

@@ -32,13 +32,13 @@ class Paired:
     archived: Path | None
 
 
-def pair(url: str, home: Path, timelock: int = 0, timeout: float = 10.0) -> Paired:
+def pair(url: str, home: Path, timelock: int = 0, timeout: float = 10.0, lock_wait_s: float = 0.0) -> Paired:
     home.mkdir(parents=True, exist_ok=True)
     os.chmod(home, 0o700)  # the chain's block hashes are the normal world's half of the pairing secret
     path = home / CHAIN_FILE
     old: ChainLog | None = None
     if path.exists():
-        old = ChainLog.open(path)  # holds the lock: nobody uses the old pairing meanwhile
+        old = ChainLog.open(path, lock_wait_s)  # holds the lock: nobody uses the old pairing meanwhile
     try:
         client = TeeClient.connect(url, timeout)
         try:

@@ -14,7 +14,7 @@ adduser. Made in three parts:
   binfmt_misc (registered here when missing), about 100 s. The package itself is NOT installed:
   the tests install it.
 - The **kernel** (``vmlinuz``) of Debian's linux-image-arm64 and the few modules the guest needs
-  (``ROOTFS_MODULES``: virtio, ext4, binfmt_misc, autofs4), copied into the root file system with
+  (``ROOTFS_MODULES``: virtio, ext4, binfmt_misc, autofs4, xHCI and the FTDI USB serial driver), copied into the root file system with
   their ``modules.dep``, so udev and systemd load them as on any Debian system. The kernel is not
   installed inside (under qemu-user that takes over 15 minutes).
 - A small **initrd** built on the host (busybox-static and ``INITRD_MODULES``): its /init loads
@@ -67,7 +67,8 @@ INCLUDE = ["systemd", "systemd-sysv", "udev", "kmod", "iproute2", "procps", "pyt
            "libc6", "libgcc-s1", "libstdc++6", "zlib1g"]
 VARIANT = "minbase"
 #: Kernel modules in the root file system (their dependencies come along); udev and systemd load them.
-ROOTFS_MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "virtio_rng", "ext4", "binfmt_misc", "autofs4"]
+ROOTFS_MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "virtio_rng", "ext4", "binfmt_misc", "autofs4",
+                  "xhci_pci", "ftdi_sio"]   # the sensor link: a USB serial adapter (pi_guest.SENSOR_PORT)
 #: Loaded by the initrd's /init, in order, before it mounts the root file system.
 INITRD_MODULES = ["virtio_pci", "virtio_blk", "ext4"]
 IMAGE_SIZE = "3G"  # sparse: about 400 MB are used before the package; three releases fit beside it

@@ -51,6 +51,11 @@ READY = re.compile(rb"AITN-PI-READY uptime=([0-9.]+) state=(\S*)")
 CMDLINE = ("console=ttyAMA0 root=/dev/vda rw quiet loglevel=3 systemd.show_status=error net.ifnames=0 "
            "mitigations=off")
 HTTP_PORT = 8008
+#: The robot's sensor link as a Pi sees a USB serial adapter: QEMU's usb-serial (an FTDI FT232,
+#: ftdi_sio in the guest, /dev/ttyUSB0, group dialout) on an xHCI controller, its other end a TCP
+#: server on the host side (inside the namespace) that the sensor simulator connects to.
+#: always-plugged: the adapter is there from boot, with or without a robot behind it.
+SENSOR_PORT = 7001
 #: QEMU's "max" CPU without pointer authentication (its emulation is slow), SVE and SME (no Pi has
 #: them): ARMv8.x with LSE atomics, which TCG maps to host atomics where a Cortex-A72 (a Pi 4's) needs
 #: exclusive load/store pairs. Measured on the same loaded host: dpkg unpacking the package 40-52 s
@@ -98,7 +103,10 @@ class PiGuest(Guest):
                 "-drive", f"file={self.disk},if=none,id=hd0,format=raw,cache=unsafe",
                 "-device", "virtio-blk-pci,drive=hd0",
                 "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile=",
-                "-device", "virtio-rng-pci", *self.extra_args]
+                "-device", "virtio-rng-pci",
+                "-device", "qemu-xhci,id=xhci",
+                "-chardev", f"socket,id=sensor,host=127.0.0.1,port={SENSOR_PORT},server=on,wait=off",
+                "-device", "usb-serial,bus=xhci.0,chardev=sensor,always-plugged=on", *self.extra_args]
         return self._in_namespace(argv)
 
     def boot(self, timeout: float = 240.0) -> "PiGuest":

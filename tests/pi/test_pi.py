@@ -289,3 +289,45 @@ def test_f2_signature_after_the_rollback(pi, pi_figures):
     step(pi_figures, "f_sign_after_rollback_s", time.monotonic() - t0)
     assert Account.recover_message(encode_defunct(text="after the rollback"),
                                    signature=signed["signature"]).lower() == S["address"]
+
+
+@pytest.mark.timeout(900)
+def test_g_sensor_stream_through_a_usb_serial_adapter_reaches_the_store(pi, pi_figures):
+    """The robot's sensor MCU behind a USB serial adapter (/dev/ttyUSB0, group dialout): the agent
+    service's ingest, as user aitn with PrivateUsers=, the device allowlist and dialout as a
+    supplementary group, reads it and stores desensitized batches."""
+    from pi_guest import SENSOR_PORT
+
+    need("address")
+    out = pi.check("udevadm settle; stat -c '%U %G %a' /dev/ttyUSB0; readlink -f /sys/class/tty/ttyUSB0/device/driver")
+    assert out.split()[:3] == ["root", "dialout", "660"] and out.strip().endswith("/ftdi_sio"), out
+    # The maker's board file names its sensor port (a conffile: edited as an image build would).
+    pi.check("sed -i 's|^url = \"socket://10.0.2.2:7000\"|url = \"/dev/ttyUSB0\"|' /etc/aitn/boards/qemu-virt.toml"
+             " && grep -q '^url = \"/dev/ttyUSB0\"' /etc/aitn/boards/qemu-virt.toml")
+    sim = pi.host_command([sys.executable, "-m", "agent", "sensor", "sim", "--url", f"socket://127.0.0.1:{SENSOR_PORT}",
+                           "--rate", "300", "--duration", "150", "--seed", "11"],
+                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        t0 = time.monotonic()
+        pi.check("systemctl restart aitn-agent")
+        # a batch is stored after 60 s of stream (IngestConfig.batch_seconds) or 20,000 records
+        rc, listing = pi.run(f"for i in $(seq 240); do out=$({AS_AITN} data ls --json 2>/dev/null) && "
+                             "echo \"$out\" | grep -q '\"records\"' && break; sleep 1; done; echo \"$out\"", 300)
+        step(pi_figures, "g_first_batch_from_usb_serial_s", time.monotonic() - t0)
+        datasets = _json_of(listing)["datasets"]
+        assert datasets and datasets[0]["records"] > 0, listing + pi.run("journalctl -u aitn-agent -n 40 --no-pager")[1]
+        # the process that read it: the agent unit's ingest child, uid aitn, dialout among its groups
+        pids = pi.check("for p in $(cat /sys/fs/cgroup/system.slice/aitn-agent.service/cgroup.procs); do "
+                        "tr '\\0' ' ' </proc/$p/cmdline | grep -q ' ingest --policy ' && echo $p; done").split()
+        assert len(pids) == 1, pids
+        pid = pids[0]
+        status = pi.check(f"grep -E '^(Uid|Groups):' /proc/{pid}/status; ls -l /proc/{pid}/fd | grep -c ttyUSB0")
+        pi_figures["usb_serial_ingest_process"] = status.strip().splitlines()
+        assert status.strip().splitlines()[-1] == "1", status   # it holds the port open
+        assert pi.check(f"readlink /proc/{pid}/ns/user") != pi.check("readlink /proc/1/ns/user"), \
+            "PrivateUsers= gives the unit its own user namespace"
+        pi_figures["usb_serial_datasets"] = [{k: d[k] for k in ("records", "compressed_bytes", "policy")}
+                                             for d in datasets]
+    finally:
+        sim.terminate()
+        sim.wait(timeout=30)
