@@ -25,7 +25,7 @@ def cmd_node_serve(g: Globals, args: argparse.Namespace) -> int:
         cfg = RoundConfig(model=args.model, min_updates=args.min_updates, round_seconds=args.round_seconds,
                           max_norm=args.max_norm, upstream=bool(args.superlink), widths=widths, rule=args.rule,
                           trim=args.trim, norm_policy=args.norm_policy, mode=args.mode, k=args.k,
-                          max_staleness=args.max_staleness)
+                          max_staleness=args.max_staleness, hold_late=args.hold_late)
         incentives = IncentiveConfig(cycle_s=g.cycle_s, grace_s=args.report_grace, rule=args.allocation_rule,
                                      base=args.cycle_reward)
         incentives.check()
@@ -127,6 +127,9 @@ def add_parsers(sub, json_flag) -> None:
                    help="sync rounds, or async (FedBuff: a new global model every --k updates)")
     p.add_argument("--k", type=int, default=10, help="async: updates per aggregation window")
     p.add_argument("--max-staleness", type=int, default=4, help="async: oldest model version still aggregated")
+    p.add_argument("--hold-late", action="store_true",
+                   help="async under a demand server: keep updates that arrive between rounds for the next one "
+                        "(default: acknowledge them stale)")
     p.add_argument("--rule", choices=("fedavg", "median", "trimmed_mean"), default="fedavg")
     p.add_argument("--trim", type=float, default=0.1, help="trimmed_mean: fraction cut from each end")
     p.add_argument("--norm-policy", choices=("reject", "clip"), default="reject",

@@ -9,11 +9,20 @@ round and opens the next in one transaction.
 
 After a crash the open round's accumulator is rebuilt from its update files in arrival order, so
 nothing accepted is lost and the result is the same.
+
+Held updates (async mode under a demand server, ``hold_late``): while the node's round is closed and it waits for
+the demand server to open the next one, an update that will still be within max_staleness in that
+next round is checked as if it were aggregated, its file written, and its row recorded "held"
+(acknowledged as "held": the device does not resend it). ``open_with`` folds the held updates, in
+arrival order, into the new round's window with their staleness recomputed against it (one beyond
+max_staleness is recorded "stale" and its file removed), in the transaction that opens the round. If
+they fill the window the round closes at once and the rest stay held for the round after.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,9 +40,11 @@ from ..train.manifest import spec_for
 from ..uplink.errors import MessageError
 from .aggregators import AggregationConfig
 from .fedavg import UpdateRejected
+from .fedbuff import StaleUpdate
 from .round_agg import RoundAggregator
-from .state import NodeState, Round
+from .state import Held, NodeState, Round
 
+log = logging.getLogger("aitn.node")
 MAX_UPDATE_BYTES = 64 << 20  # decompressed; far above any model here, checked before inflating
 
 
@@ -53,6 +64,10 @@ class RoundConfig:
     mode: str = AggregationConfig.mode
     k: int = AggregationConfig.k
     max_staleness: int = AggregationConfig.max_staleness
+    #: async under a demand server: keep an update that arrives while the round is closed for the next
+    #: round instead of acknowledging it stale. Off by default: measured, it wastes no device work but
+    #: the held updates queue up and age the windows (BENCHMARKS.md, issue 6).
+    hold_late: bool = False
 
     def __post_init__(self) -> None:
         self.aggregation()   # ValueError naming the field
@@ -68,7 +83,7 @@ class RoundConfig:
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str        # "aggregated" | "stale"
+    status: str        # "aggregated" | "stale" | "held" (kept for the next round: async, upstream, round closed)
     round: int
     closed: bool       # this update closed the round
 
@@ -92,17 +107,35 @@ class Rounds:
                 first = replace(first, id=0, closed=self.clock())
             state.open_round(first)
         self.current = state.current_round()
+        if not self.holds:
+            self._drop_held("stale")      # held by an earlier run configured async under a demand server
         self._sweep()
         self.agg = self._rebuild()
+        if self._full:    # a crash after the window's last update committed, before the round closed
+            self.close()
+
+    @property
+    def holds(self) -> bool:
+        """Updates arriving while the round is closed are held for the next one (async, demand server)."""
+        return self.cfg.hold_late and self.cfg.upstream and self.cfg.mode == "async"
 
     def _sweep(self) -> None:
         """Remove update files no open round needs: a crash after a round closed (before its files went), or
-        after a file was written but before its row committed (the device resends it)."""
+        after a file was written but before its row committed (the device resends it). Held files stay."""
         r = self.current
         keep = {row[3] for row in self.state.round_updates(r.id)} if r.closed is None else set()
+        keep |= {h.file for h in self.state.held()}
         for path in self.updates.glob("*.upd"):
             if path.name not in keep:
                 path.unlink()
+
+    def _drop_held(self, status: str) -> None:
+        """Record every held update as ``status`` (not aggregated) and remove its file."""
+        held = self.state.held()
+        if held:
+            self.state._tx(NodeState.fold_held(self.current.id, [], [(h, status) for h in held]))
+            for h in held:
+                (self.updates / h.file).unlink(missing_ok=True)
 
     # -- models ------------------------------------------------------------------------------------
 
@@ -151,11 +184,13 @@ class Rounds:
 
     def _rebuild(self) -> RoundAggregator:
         agg = self._new_agg()
+        self._full = False
         if self.current.closed is not None:   # upstream, between rounds: its updates are folded and gone
             return agg
         for _addr, _seq, samples, file, width, staleness in self.state.round_updates(self.current.id):
             width = 1.0 if width is None else width
-            agg.add(self._tensors((self.updates / file).read_bytes(), width), samples, width, staleness or 0)
+            self._full = agg.add(self._tensors((self.updates / file).read_bytes(), width), samples, width,
+                                 staleness or 0)
         return agg
 
     def _tensors(self, raw: bytes, width: float) -> list[np.ndarray]:
@@ -190,25 +225,33 @@ class Rounds:
         tau = r.id - base.id
         return tau if tau <= self.cfg.max_staleness else None
 
+    def held_staleness(self, payload: dict) -> int | None:
+        """Async under a demand server, the round closed: the staleness the update will have in the next
+        round (the closed round's id + 1), None if it may not be held (not holding, or too old by then)."""
+        r = self.current
+        if not self.holds or r.closed is None:
+            return None
+        base = self.state.round(payload["round"])
+        if base is None or base.hash != payload["base"] or base.id > r.id:
+            return None
+        tau = r.id + 1 - base.id
+        return tau if tau <= self.cfg.max_staleness else None
+
     def accept(self, addr: bytes, seq: int, digest: bytes, payload: dict, size: int = 0) -> Outcome:
-        """Check and fold one update, record it durably. Raises UpdateRejected or MessageError."""
+        """Check and fold one update (or hold it for the next round), record it durably.
+        Raises UpdateRejected or MessageError."""
         r = self.current
         tau = self.staleness(payload)
+        held_tau = self.held_staleness(payload) if tau is None else None
+        if held_tau is not None:
+            return self._hold(addr, seq, digest, payload, size, held_tau)
         if tau is None:
             # Trained on a model too old (or a closed round): acknowledged, so it is not resent, never aggregated.
             self.state.accept(addr, seq, "update", digest, "stale", round_id=payload["round"],
                               samples=payload["samples"])
             return Outcome("stale", r.id, False)
+        raw, tensors = self._checked(payload, tau)
         width = payload["width"]
-        if payload["model"] != r.model or width not in self.cfg.widths:
-            raise UpdateRejected("shape", f"update for {payload['model']} width {width:g}; this node trains "
-                                          f"{r.model} at widths {', '.join(f'{w:g}' for w in self.cfg.widths)}")
-        raw = self.decode_update(payload)
-        try:
-            tensors = self._tensors(raw, width)
-        except WeightsError as e:
-            raise UpdateRejected("shape", str(e)) from None
-        self.agg.check(tensors, payload["samples"], width, tau)
         name = f"{r.id}-{addr.hex()}-{seq}.upd"
         write_atomic(self.updates / name, raw)
         self.state.accept(addr, seq, "update", digest, "aggregated", round_id=r.id, samples=payload["samples"],
@@ -222,20 +265,85 @@ class Rounds:
             self._notify()      # `accepted` changed: observers of /round hear of it (RFC 7641)
         return Outcome("aggregated", r.id, closed)
 
+    def _checked(self, payload: dict, tau: int) -> tuple[bytes, list[np.ndarray]]:
+        """The update's raw bytes and tensors, checked as aggregating it would. Raises UpdateRejected,
+        MessageError."""
+        width = payload["width"]
+        if payload["model"] != self.current.model or width not in self.cfg.widths:
+            raise UpdateRejected("shape", f"update for {payload['model']} width {width:g}; this node trains "
+                                          f"{self.current.model} at widths "
+                                          f"{', '.join(f'{w:g}' for w in self.cfg.widths)}")
+        raw = self.decode_update(payload)
+        try:
+            tensors = self._tensors(raw, width)
+        except WeightsError as e:
+            raise UpdateRejected("shape", str(e)) from None
+        self.agg.check(tensors, payload["samples"], width, tau)
+        return raw, tensors
+
+    def _hold(self, addr: bytes, seq: int, digest: bytes, payload: dict, size: int, tau: int) -> Outcome:
+        """Keep an update that arrived while the round is closed for the next round (see the module doc)."""
+        r = self.current
+        raw, _ = self._checked(payload, tau)     # refused now (4.00), not silently at the fold
+        name = f"held-{addr.hex()}-{seq}.upd"
+        write_atomic(self.updates / name, raw)
+        self.state.accept(addr, seq, "update", digest, "held", round_id=payload["round"], samples=payload["samples"],
+                          file=name, width=payload["width"], size=size, extra=[NodeState.count("held.update")])
+        return Outcome("held", r.id, False)
+
+    def _fold_held(self, nxt: Round,
+                   agg: RoundAggregator) -> tuple[list[tuple[Held, int]], list[tuple[Held, str]], bool]:
+        """Fold the held updates, in arrival order, into ``agg`` for round ``nxt`` until its window is full:
+        (folded with their staleness, dropped with their status, window full)."""
+        folded: list[tuple[Held, int]] = []
+        dropped: list[tuple[Held, str]] = []
+        if not self.holds:
+            return folded, dropped, False
+        for h in self.state.held():
+            tau = nxt.id - h.base
+            if tau > self.cfg.max_staleness:
+                dropped.append((h, "stale"))
+                continue
+            width = 1.0 if h.width is None else h.width
+            try:
+                tensors = self._tensors((self.updates / h.file).read_bytes(), width)
+                agg.check(tensors, h.samples, width, tau)
+            except StaleUpdate:
+                dropped.append((h, "stale"))
+                continue
+            except (UpdateRejected, WeightsError, OSError) as e:   # another configuration since it was held
+                log.warning("held update 0x%s/%d refused at the fold: %s", h.addr.hex(), h.seq, e)
+                dropped.append((h, "refused"))
+                continue
+            folded.append((h, tau))
+            if agg.add(tensors, h.samples, width, tau):
+                return folded, dropped, True
+        return folded, dropped, False
+
     def open_with(self, tensors: list[np.ndarray], min_updates: int, seconds: float) -> Round:
-        """Open a round on a model from the demand server (a round still open is closed without a result)."""
+        """Open a round on a model from the demand server (a round still open is closed without a result),
+        folding the updates held for it; if they fill its window it closes at once."""
         weights_codec.check_shapes(tensors, self.shapes)
         digest = self._save_model([np.asarray(t, np.float32) for t in tensors])
         r = self.current
         now = self.clock()
         nxt = Round(r.id + 1, self.cfg.model, self.cfg.width, digest, now, now + seconds, min_updates,
                     None, None, 0, 0)
+        agg = self._new_agg()
+        folded, dropped, full = self._fold_held(nxt, agg)
+        extra = NodeState.fold_held(nxt.id, folded, dropped)
         if r.closed is None:
-            self.state.close_round(r.id, None, nxt)
+            self.state.close_round(r.id, None, nxt, extra)
         else:
-            self.state.open_round(nxt)
+            self.state.open_round(nxt, extra)
+        for h, _status in dropped:
+            (self.updates / h.file).unlink(missing_ok=True)
         self.current = self.state.current_round()
-        self.agg = self._new_agg()
+        self.agg = agg
+        if folded or dropped:
+            log.info("round %d: %d held update(s) folded, %d dropped", nxt.id, len(folded), len(dropped))
+        if full:
+            return self.close()
         self._notify()
         return self.current
 

@@ -1,6 +1,6 @@
 """Draining the outbox to the node: oldest first, exponential backoff with jitter, ack then remove.
 
-An item leaves the outbox only after the node's 2.04 (accepted, duplicate or stale): a crash before
+An item leaves the outbox only after the node's 2.04 (accepted, aggregated, held, duplicate or stale): a crash before
 that resends it, and the node's (device, sequence number) dedup makes the resend harmless. A 4.01
 means the node no longer knows this device's context: sending stops with UnknownDevice (enroll
 again), items kept. Any other 4.xx means these bytes will never be accepted: the item moves to the
@@ -35,7 +35,7 @@ class Backoff:
 @dataclass
 class DrainStats:
     sent: int = 0
-    acks: dict = field(default_factory=dict)      # status -> count (accepted, aggregated, duplicate, stale)
+    acks: dict = field(default_factory=dict)      # status -> count (accepted, aggregated, held, duplicate, stale)
     rejected: int = 0
     retries: int = 0
 
