@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/convergence.py [--quick] [--rounds 30] [--epochs 2] [--k 10] [--k-variants 5,8]
                                           [--max-staleness 4] [--seeds 7] [--timing model|measured]
-                                          [--comm-s 0.005] [--hold-closed] [--no-pin] [--out bench/figures]
+                                          [--comm-s 0.005] [--hold-late] [--no-pin] [--out bench/figures]
 
 Default: about 4-6 minutes on the 2-core development VM (pinned to one core); --quick (12,000 training
 rows, 8 rounds, 3 partitions) about 20 s.
@@ -48,9 +48,16 @@ samples; a node returns global + its mean delta, so averaging models is averagin
                 runs Flower's synchronous FedAvg over the two nodes' window results (weights: the window's
                 samples), so a global version comes when both nodes have closed a window. Devices never wait:
                 a device starts again on its node's current model as soon as it has sent. An update that
-                arrives while its node waits for the other node is dropped, as agent/node/rounds.py
-                acknowledges it as stale when its round is closed (--hold-closed keeps it for the next
-                window instead). Staleness = global versions since the device fetched.
+                arrives while its node waits for the other node is dropped ("closed_dropped"), as
+                agent/node/rounds.py acknowledges it as stale while its round is closed (the node's
+                default). --hold-late holds it for the node's next window instead, as the node does with
+                `aitn node serve --hold-late` (acknowledged "held"): when the next global version comes
+                the held updates are offered again in arrival order with their staleness recomputed
+                (beyond max_staleness: counted stale; if they fill the window again the rest wait once
+                more). The note's "held" counts every update held at least once, including those then
+                found too stale (the node acknowledges those "stale" at once, as it knows the next
+                version's number: same aggregate, other counts). Staleness = global versions since the
+                device fetched.
   FedBuff K=5, K=8  the same at other K (--k-variants), for sensitivity.
   FedBuff async-global  the same node buffers at K, but each node's flush is applied to the global model
                 at once (async at both levels; no waiting, nothing dropped for a closed round).
@@ -256,10 +263,10 @@ def run_fedbuff(name: str, tr: Trainer, devs: list[Device], horizon: float, comm
 
     def offer(node: int, update, samples: int, v0: int, again: bool = False) -> None:
         if closed[node] is not None:          # the node waits for the demand server's next model
-            if not hold:                      # rounds.py: acknowledged as stale, never aggregated
+            if not hold:                      # the node's default: acknowledged stale, thrown away
                 counts["closed_dropped"] += 1
                 return
-            counts["held"] += not again       # (--hold-closed) kept for the node's next window
+            counts["held"] += not again       # rounds.py: held for the node's next window
             held[node].append((update, samples, v0))
             return
         tau = st["v"] - v0
@@ -407,9 +414,9 @@ def main() -> None:
     ap.add_argument("--k-variants", type=lambda v: [int(x) for x in v.split(",") if x], default=[5, 8],
                     help="more FedBuff runs at these K, reported beside (comma-separated; '' for none)")
     ap.add_argument("--max-staleness", type=int, default=4, help="FedBuff (AggregationConfig's default)")
-    ap.add_argument("--hold-closed", action="store_true",
-                    help="keep updates that arrive while the node waits for the demand server for its next window "
-                         "(default: drop them, as agent/node/rounds.py acknowledges them as stale)")
+    ap.add_argument("--hold-late", action="store_true",
+                    help="hold updates that arrive while the node waits for the demand server for its next window "
+                         "(`aitn node serve --hold-late`; default: drop them, as the node does by default)")
     ap.add_argument("--max-async-updates", type=int, default=20_000, help="safety cap per FedBuff run")
     ap.add_argument("--calib", type=int, default=5, help="timed local rounds per device and width")
     ap.add_argument("--timing", choices=("model", "measured"), default="model",
@@ -472,7 +479,7 @@ def main() -> None:
     fedbuffs.append(("FedBuff async-global", args.k, False))
     for name, k, gs in fedbuffs:
         runs[name] = run_fedbuff(name, tr, devs, horizon, args.comm_s, ev, k=k, max_staleness=args.max_staleness,
-                                 global_sync=gs, max_updates=args.max_async_updates, hold=args.hold_closed)
+                                 global_sync=gs, max_updates=args.max_async_updates, hold=args.hold_late)
     runs["HeteroFL"] = run_sync(tr, devs, args.rounds, args.comm_s, ev, hetero=True)
 
     central = runs["centralized"].points[-1]
@@ -530,7 +537,7 @@ def main() -> None:
         sy = run_sync(tr, ds, args.rounds, args.comm_s, ev, hetero=False)
         fb = run_fedbuff("FedBuff", tr, ds, sy.points[-1]["sim_s"], args.comm_s, ev, k=args.k,
                          max_staleness=args.max_staleness, global_sync=True, max_updates=args.max_async_updates,
-                         hold=args.hold_closed)
+                         hold=args.hold_late)
         per_seed.append({"seed": seed, "sync_final": sy.points[-1], "slowest_s": max(d.round_s(1.0, args.comm_s) for d in ds),
                          **ratios(sy.points, fb.points)})
 
