@@ -200,23 +200,24 @@ def resolve_globals(home: str | None, tee: str | None, board: str | None, timeou
     cfg = load_board(board_name) if board_name else None
     home = home or env.get("AITN_HOME") or (cfg.home if cfg else DEFAULT_HOME)
     tee = tee or env.get("AITN_TEE") or (tee_url(cfg) if cfg else DEFAULT_TEE)
-    if cycle_s is None:
-        text = env.get("AITN_CYCLE_S")
-        try:
-            cycle_s = float(text) if text else DEFAULT_CYCLE_S
-        except ValueError:
-            raise ConfigError(f"AITN_CYCLE_S={text!r}: expected seconds") from None
+    cycle_s = _seconds(cycle_s, env, "AITN_CYCLE_S", DEFAULT_CYCLE_S)
     if not cycle_s >= 1 or cycle_s == float("inf"):
         raise ConfigError(f"incentive cycle {cycle_s!r} s: must be at least 1 s")
-    if lock_wait_s is None:
-        text = env.get("AITN_LOCK_WAIT_S")
-        try:
-            lock_wait_s = float(text) if text else DEFAULT_LOCK_WAIT_S
-        except ValueError:
-            raise ConfigError(f"AITN_LOCK_WAIT_S={text!r}: expected seconds") from None
+    lock_wait_s = _seconds(lock_wait_s, env, "AITN_LOCK_WAIT_S", DEFAULT_LOCK_WAIT_S)
     if not 0 <= lock_wait_s < float("inf"):
         raise ConfigError(f"chain lock wait {lock_wait_s!r} s: must be 0 or more")
     return Globals(Path(home), tee, timeout, cfg, float(cycle_s), float(lock_wait_s))
+
+
+def _seconds(given: float | None, env, name: str, default: float) -> float:
+    """The flag's value, else the environment variable's, else the default."""
+    if given is not None:
+        return given
+    text = env.get(name)
+    try:
+        return float(text) if text else default
+    except ValueError:
+        raise ConfigError(f"{name}={text!r}: expected seconds") from None
 
 
 def as_dict(cfg: BoardConfig) -> dict:
