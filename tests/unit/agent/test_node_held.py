@@ -277,13 +277,18 @@ def test_a_held_update_is_checked_when_it_arrives(group):
     node.close()
 
 
-def test_without_hold_late_async_upstream_answers_stale_while_closed(tmp_path):
-    node = _node(tmp_path, hold_late=False)
-    devs = [SoftDevice() for _ in range(3)]
+def _opened(tmp_path, n: int, **cfg):
+    """A node with ``n`` enrolled devices and round 1 opened by the demand server."""
+    node = _node(tmp_path, **cfg)
+    devs = [SoftDevice() for _ in range(n)]
     sids = [_enroll(node, d, tmp_path / f"d{i}") for i, d in enumerate(devs)]
     start = node.rounds.global_weights()
     node.rounds.open_with(start, 1, 60.0)
-    r1 = _round(node)
+    return node, devs, sids, start, _round(node)
+
+
+def test_without_hold_late_async_upstream_answers_stale_while_closed(tmp_path):
+    node, devs, sids, start, r1 = _opened(tmp_path, 3, hold_late=False)
     shapes = [w.shape for w in start]
     assert _send(node, sids[0], _body(devs[0], r1, _rand(shapes, 1), 5, 1)) == "aggregated"
     assert _send(node, sids[1], _body(devs[1], r1, _rand(shapes, 2), 5, 1)) == "aggregated"
@@ -295,12 +300,7 @@ def test_without_hold_late_async_upstream_answers_stale_while_closed(tmp_path):
 
 def test_crash_after_a_window_filled_closes_it_at_restart(tmp_path, monkeypatch):
     """The update that fills the window is committed; the node dies before the round closes."""
-    node = _node(tmp_path, hold_late=False)
-    devs = [SoftDevice() for _ in range(2)]
-    sids = [_enroll(node, d, tmp_path / f"d{i}") for i, d in enumerate(devs)]
-    start = node.rounds.global_weights()
-    node.rounds.open_with(start, 1, 60.0)
-    r1 = _round(node)
+    node, devs, sids, start, r1 = _opened(tmp_path, 2, hold_late=False)
     shapes = [w.shape for w in start]
     u = [_rand(shapes, 7), _rand(shapes, 8)]
     assert _send(node, sids[0], _body(devs[0], r1, u[0], 10, 1)) == "aggregated"
