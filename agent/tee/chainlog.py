@@ -37,6 +37,9 @@ _REC = struct.Struct(">QBI32s32s32s")
 UNSYNCED_MAX = blk.MAX_TENTATIVE + 4
 #: Records checked at open.
 TAIL_CHECK = 2 * UNSYNCED_MAX
+#: Hashes of this many most recent blocks are kept in memory: challenges mostly ask for recent
+#: heights, and answering from memory spares a read per challenged block.
+RECENT_HASHES = 1024
 
 
 def _lock(fd: int, op: int, path: Path, wait_s: float) -> None:
@@ -108,6 +111,7 @@ class ChainLog:
         self.timelock = timelock
         self.head: Record
         self.dropped = 0
+        self._recent: dict[int, bytes] = {}  # height -> hash of blocks this process verified or wrote
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -162,6 +166,7 @@ class ChainLog:
         if prev is None or prev.height != first:
             raise ChainCorrupt(f"{self.path}: record {first} does not verify")
         good = 1
+        recent = {prev.height: prev.hash}
         for rec in records[1:]:
             if rec is None or rec.height != prev.height + 1:
                 break
@@ -169,6 +174,8 @@ class ChainLog:
             if b.hash != rec.hash or b.stamp != rec.stamp:
                 break
             prev, good = rec, good + 1
+            recent[rec.height] = rec.hash
+        self._recent = recent
         keep = first + good
         if count - keep > UNSYNCED_MAX:
             raise ChainCorrupt(f"{self.path}: block {keep} does not verify, {count - keep - 1} blocks after it: "
@@ -190,7 +197,11 @@ class ChainLog:
         return rec
 
     def hash_at(self, height: int) -> bytes:
-        return self.head.hash if height == self.head.height else self.record(height).hash
+        if height <= self.head.height:
+            h = self._recent.get(height)
+            if h is not None:
+                return h
+        return self.record(height).hash
 
     def records(self, start: int = 0) -> Iterator[Record]:
         chunk = 1024
@@ -238,6 +249,12 @@ class ChainLog:
             raise OSError(f"{self.path}: short write")
         last = blocks[-1]
         self.head = Record(last.height, last.direction, last.command, last.body_digest, last.stamp, last.hash)
+        recent = self._recent
+        for b in blocks:
+            recent[b.height] = b.hash
+        if len(recent) > 2 * RECENT_HASHES:  # trim now and then, not on every append
+            low = last.height - RECENT_HASHES
+            self._recent = {h: v for h, v in recent.items() if h > low}
         return blocks
 
     def sync(self) -> None:
@@ -249,6 +266,7 @@ class ChainLog:
             return
         rec = self.record(height)
         os.ftruncate(self._fd, HEADER_SIZE + (height + 1) * RECORD_SIZE)
+        self._recent = {h: v for h, v in self._recent.items() if h <= height}
         self.head = rec
 
 

@@ -144,6 +144,29 @@ def test_truncate_drops_the_tail(path):
         assert (log.head.hash, log.dropped, log.verify()) == (new[0].hash, 0, 14)
 
 
+def test_hash_at_answers_the_blocks_on_file_after_truncation_reopen_and_trimming(path, monkeypatch):
+    """Hashes held in memory never outlive the blocks they name: a truncated height answers its
+    replacement; a reopened chain, or one past the in-memory window, answers what the file holds."""
+    import agent.tee.chainlog as chainlog
+
+    monkeypatch.setattr(chainlog, "RECENT_HASHES", 8)
+    blocks = build(path, 20)
+    with ChainLog.open(path) as log:
+        assert [log.hash_at(h) for h in range(21)] == [b.hash for b in blocks]
+        log.truncate(12)
+        new = log.append([entry(200), entry(201)])
+        assert [log.hash_at(h) for h in (12, 13, 14)] == [blocks[12].hash, new[0].hash, new[1].hash]
+        with pytest.raises(ChainCorrupt, match="no block at height 15"):
+            log.hash_at(15)
+        for i in range(30):  # past 2 * RECENT_HASHES: the window is trimmed, old heights come from the file
+            new += log.append([entry(300 + i)])
+        assert len(log._recent) <= 2 * chainlog.RECENT_HASHES + 1
+        assert log.hash_at(5) == blocks[5].hash
+        assert log.hash_at(log.head.height) == new[-1].hash
+    with ChainLog.open(path) as log:
+        assert log.hash_at(13) == new[0].hash and log.hash_at(log.head.height) == new[-1].hash
+
+
 # -- open refusals ------------------------------------------------------------------------------------
 
 
