@@ -102,9 +102,9 @@ class SignerTA:
         self._steps, self._current = {}, None
         t0 = time.perf_counter()
         out = self._handle(conn, raw)
-        if self._current is not None:
-            steps = {k: round(v * 1e6, 1) for k, v in self._steps.items()}
-            self.timing[self._current] = {"total": round((time.perf_counter() - t0) * 1e6, 1), **steps}
+        if self._current is not None:  # seconds; STATUS rounds them to microseconds
+            self._steps["total"] = time.perf_counter() - t0
+            self.timing[self._current] = self._steps
         return out
 
     def _step(self, name: str, since: float) -> None:
@@ -435,7 +435,8 @@ class SignerTA:
               "key": self.key is not None, "paired": self.chain is not None,
               "address": digests.checksum_address(self.key.address) if self.key else None,
               "lockout_seconds": round(left, 3), "counters": dict(self.counters),
-              "timing_us": {k: dict(v) for k, v in self.timing.items()}}
+              "timing_us": {k: {step: round(sec * 1e6, 1) for step, sec in v.items()}
+                            for k, v in self.timing.items()}}
         if self.storage is not None:
             hdr = self.storage.rpmb.header
             st.update({"failures": hdr.failures, "rpmb_counter": hdr.state_counter,
