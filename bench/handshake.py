@@ -11,9 +11,10 @@ measured in the same run, each the median of many repetitions:
 - the socket round trips: two per handshake, through a Python echo process on a Unix socket,
   with frames of the sizes the handshake sends.
 
-Beside them, what sets a floor under the ratio: the skeleton (the same messages, writes, fdatasyncs
-and sign between the same two processes, with no protocol work), and the protocol's own
-computations done in the leanest CPython form (protocol_floor).
+Beside them, in the same rounds, what sets a floor under the ratio (bench/handshake_floor.py): the
+skeleton (the same messages, writes, fdatasyncs and sign between two processes on the same core,
+no protocol work) and the lean handshake (the skeleton plus the protocol's computations in the
+leanest CPython form).
 
 Prints p50/p99 of the full round trip, handshakes per second, the ratio p50 / sum of parts, the
 floors, and the batch mode's digests per second (one challenge for a Merkle root of --batch digests).
@@ -41,14 +42,13 @@ import coincurve  # noqa: E402
 from agent.tee import handshake  # noqa: E402
 from agent.tee.pairing import pair  # noqa: E402
 from agent.tee.session import ChainedSession  # noqa: E402
+from tee_sim.abi.block import DEFAULT_TIMELOCK  # noqa: E402
+
+import handshake_floor as floor  # noqa: E402  (bench/ is on sys.path as the script's directory)
 
 CORE = 0
 
 
-def blk_default() -> int:
-    from tee_sim.abi.block import DEFAULT_TIMELOCK
-
-    return DEFAULT_TIMELOCK
 ECHO = r"""
 import os, socket, sys
 os.sched_setaffinity(0, {int(sys.argv[2])})
@@ -61,120 +61,6 @@ while True:
         break
     c.sendall(d)
 """
-
-
-# The handshake with its protocol work taken out: the same four messages (sizes of SIGN, CHALLENGE,
-# PROOF, SIGNATURE), the same writes and fdatasyncs at the same points (normal world: appends to a
-# growing file, one fdatasync before PROOF; secure world: 512 B in place, one fdatasync before the
-# signature) and the same coincurve sign, between the same two processes on the same core. What it
-# costs above the sum of the isolated parts is what taking turns costs; the rest of a real
-# handshake's time is the protocol's own work (frames, blocks, proof, MACs).
-SKELETON_TEE = r"""
-import os, socket, sys, coincurve
-os.sched_setaffinity(0, {int(c) for c in sys.argv[3].split(",")})
-key = coincurve.PrivateKey()
-fd = os.open(sys.argv[2], os.O_RDWR | os.O_CREAT, 0o600)
-os.ftruncate(fd, 1 << 20)
-srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); srv.bind(sys.argv[1]); srv.listen(1)
-print("ready", flush=True)
-c, _ = srv.accept()
-def take(n):
-    buf = b""
-    while len(buf) < n:
-        d = c.recv(65536)
-        if not d:
-            sys.exit(0)
-        buf += d
-    return buf
-slot, i = os.urandom(512), 0
-while True:
-    take(88)
-    c.sendall(bytes(93))
-    proof = take(84)
-    sig = key.sign_recoverable(proof[-32:], hasher=None)
-    os.pwrite(fd, slot, 1024 + (i % 256) * 512)
-    os.fdatasync(fd)
-    i += 1
-    c.sendall(sig + bytes(80))
-"""
-
-
-def measure_skeleton(directory: Path, cores: list[int], n: int) -> list[float]:
-    """Latencies of n skeleton handshakes (see SKELETON_TEE)."""
-    path, rpmb, log = directory / "skeleton.sock", directory / "skeleton.rpmb", directory / "skeleton.log"
-    path.unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, "-c", SKELETON_TEE, str(path), str(rpmb), ",".join(map(str, cores))],
-                            stdout=subprocess.PIPE, text=True)
-    fd = os.open(log, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        proc.stdout.readline()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.connect(str(path))
-            sign, proof, rec2, rec = os.urandom(88), os.urandom(84), os.urandom(256), os.urandom(128)
-
-            def take(size: int) -> None:
-                got = 0
-                while got < size:
-                    got += len(s.recv(65536))
-
-            off, lat = 0, []
-            for _ in range(n):
-                t = time.perf_counter()
-                s.sendall(sign)
-                take(93)
-                os.pwrite(fd, rec2, off)  # SIGN and CHALLENGE blocks
-                os.pwrite(fd, rec, off + 256)  # PROOF's request block, durable before it is sent
-                os.fdatasync(fd)
-                s.sendall(proof)
-                take(145)
-                os.pwrite(fd, rec, off + 384)  # the signature's block
-                off += 512
-                lat.append(time.perf_counter() - t)
-            return lat
-    finally:
-        os.close(fd)
-        proc.kill()
-        proc.wait()
-
-
-def protocol_floor(n: int, iterations: int) -> float:
-    """Median seconds of the computations the protocol itself asks for per handshake, done in the
-    leanest CPython form, with no session logic, checks or objects around them.
-
-    Each of the 4 messages is encoded by one world (header pack, CRC-32) and decoded by the other
-    (header unpack, CRC-32); both worlds digest it and compute its block (time-lock of
-    ``iterations`` and block hash); the challenge draws its randomness; both worlds compute the
-    proof; the secure world MACs the 4 RPMB slots of its commit.
-    """
-    import hashlib
-    import hmac
-    import secrets
-    import zlib
-
-    from tee_sim.abi import block as blk
-    from tee_sim.abi.frame import HEADER
-
-    msgs = [os.urandom(size) for size in (88, 93, 84, 145)]
-    h32 = os.urandom(32)
-
-    def once() -> None:
-        h = h32
-        for i, m in enumerate(msgs):
-            head = HEADER.pack(0xA1770EE0, 1, 2, 0, i, 1, 7, 0x65, 0, 0, len(m) - 40, 0)
-            zlib.crc32(m, zlib.crc32(head))
-            HEADER.unpack_from(m)
-            zlib.crc32(m)
-            for _world in (0, 1):
-                digest = hashlib.sha256(m[5:6] + m[16:32] + m[40:]).digest()
-                h = blk.next_block(h, 10 + i, i & 1, 7, digest, iterations).hash
-        secrets.token_bytes(8 * (4 * blk.CHALLENGE_K + 1))
-        secrets.token_bytes(blk.NONCE_SIZE)
-        for _world in (0, 1):
-            blk.proof([h32] * blk.CHALLENGE_K, h32[:16], h32, 1, h)
-        for _slot in range(4):
-            hmac.digest(h32, msgs[2], "sha256")
-
-    return median_time(once, n)
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -322,9 +208,11 @@ def main() -> None:
                          "fdatasync_nw_128B": measure_fsync(work, 128, 100),
                          "fdatasync_tee_512B": measure_fsync(work, 512, 100),
                          "socket_rtt_x2": 2 * measure_rtt(work, 1000)}
-                skeleton = pct(measure_skeleton(work, cores, 400), 50)
+                floors = {"skeleton": pct(floor.measure(work, cores, 400, DEFAULT_TIMELOCK, False), 50),
+                          "lean": pct(floor.measure(work, cores, 400, DEFAULT_TIMELOCK, True), 50),
+                          "lean_timelock1": pct(floor.measure(work, cores, 400, 1, True), 50)}
                 rounds.append({"p50": pct(lat, 50), "p99": pct(lat, 99), "rate": len(lat) / elapsed,
-                               "parts": parts, "sum": sum(parts.values()), "skeleton": skeleton})
+                               "parts": parts, "sum": sum(parts.values()), "floors": floors})
             items = [os.urandom(32) for _ in range(args.batch)]
             batch_times = []
             for _ in range(20):
@@ -337,7 +225,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     inproc, inproc_tl1 = in_process_cost(2000)
-    floor, floor_tl1 = protocol_floor(2000, blk_default()), protocol_floor(2000, 1)
+    lean_inproc, lean_inproc_tl1 = floor.in_process(2000, DEFAULT_TIMELOCK), floor.in_process(2000, 1)
     med = statistics.median
     p50, p99 = med(r["p50"] for r in rounds), med(r["p99"] for r in rounds)
     parts = {k: med(r["parts"][k] for r in rounds) for k in rounds[0]["parts"]}
@@ -349,9 +237,11 @@ def main() -> None:
         "parts_us": {k: round(v * 1e6, 1) for k, v in parts.items()},
         "sum_of_parts_us": round(sum(parts.values()) * 1e6, 1), "ratio_p50_to_parts": round(ratio, 2),
         "ratio_per_round": [round(r["p50"] / r["sum"], 2) for r in rounds],
-        "skeleton_p50_us": round(med(r["skeleton"] for r in rounds) * 1e6, 1),
-        "ratio_skeleton_to_parts": round(med(r["skeleton"] / r["sum"] for r in rounds), 2),
-        "protocol_floor_us": round(floor * 1e6, 1), "protocol_floor_timelock1_us": round(floor_tl1 * 1e6, 1),
+        "floors_p50_us": {k: round(med(r["floors"][k] for r in rounds) * 1e6, 1) for k in rounds[0]["floors"]},
+        "floors_ratio_to_parts": {k: round(med(r["floors"][k] / r["sum"] for r in rounds), 2)
+                                  for k in rounds[0]["floors"]},
+        "lean_in_process_us": round(lean_inproc * 1e6, 1),
+        "lean_in_process_timelock1_us": round(lean_inproc_tl1 * 1e6, 1),
         "in_process_python_us": round(inproc * 1e6, 1), "in_process_python_timelock1_us": round(inproc_tl1 * 1e6, 1),
         "batch_size": args.batch, "batch_p50_ms": round(batch_med * 1e3, 2),
         "batch_digests_per_s": round(args.batch / batch_med, 0), "n": args.n, "rounds": args.rounds,
@@ -367,15 +257,18 @@ def main() -> None:
     print(f"    {'sum':<20} {fig['sum_of_parts_us']:8.1f} us")
     print(f"  ratio p50 / sum of parts: {fig['ratio_p50_to_parts']} (target <= 1.5); per round "
           f"{fig['ratio_per_round']}")
-    print(f"  skeleton (same messages, writes, fdatasyncs and sign; no protocol work): p50 "
-          f"{fig['skeleton_p50_us']} us = {fig['ratio_skeleton_to_parts']} x the sum of parts")
     print(f"  breakdown: both worlds in one process, no sockets, no fdatasync: {fig['in_process_python_us']} us "
           f"per handshake ({fig['in_process_python_timelock1_us']} us with a time-lock of 1 instead of "
-          f"{blk_default()})")
-    budget = 1.5 * fig["sum_of_parts_us"] - fig["skeleton_p50_us"]
-    print(f"  what 1.5 x the sum leaves for the protocol's own work, once the skeleton is paid: {budget:.1f} us;\n"
-          f"  the protocol's computations alone in CPython (frames, digests, blocks, proof, MACs; no logic around "
-          f"them): {fig['protocol_floor_us']} us ({fig['protocol_floor_timelock1_us']} us with a time-lock of 1)")
+          f"{DEFAULT_TIMELOCK})")
+    fl, fr = fig["floors_p50_us"], fig["floors_ratio_to_parts"]
+    print("  floors, same run (bench/handshake_floor.py; p50 and ratio to the sum of parts):")
+    print(f"    skeleton: the messages, writes, fdatasyncs and sign only   {fl['skeleton']:8.1f} us  {fr['skeleton']}")
+    print(f"    lean: plus the protocol's computations in CPython, D={DEFAULT_TIMELOCK:<3}  {fl['lean']:8.1f} us  "
+          f"{fr['lean']}")
+    print(f"    lean, time-lock of 1                                       {fl['lean_timelock1']:8.1f} us  "
+          f"{fr['lean_timelock1']}")
+    print(f"    the lean work of both worlds in one process, warm: {fig['lean_in_process_us']} us "
+          f"({fig['lean_in_process_timelock1_us']} us with a time-lock of 1)")
     print(f"batch: {args.batch} digests under one challenge, p50 {fig['batch_p50_ms']} ms = "
           f"{fig['batch_digests_per_s']:.0f} digests/s (target >= 10000)")
     if args.json:
