@@ -411,7 +411,8 @@ class SignerTA:
         signature = self._key().sign_digest(pending.digest)
         self._step("sign", t)
         self.counters["signatures"] += 1
-        self.log.flow("TA", f"signed {Purpose(pending.purpose).name} digest {pending.digest.hex()[:16]}")
+        if self.log.level >= 4:  # the message costs more to build than the check
+            self.log.flow("TA", f"signed {Purpose(pending.purpose).name} digest {pending.digest.hex()[:16]}")
         return (None, _out(p[1], signature), _out(p[2], pending.digest), None)
 
     # -- status ----------------------------------------------------------------------------------

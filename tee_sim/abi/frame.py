@@ -48,6 +48,8 @@ _MAGIC_BYTES = struct.pack("<I", MAGIC)
 _U32 = struct.Struct("<I")
 _VAL = struct.Struct("<II")
 _VALID_TYPES = {int(t) for t in ParamType}
+_U32_MAX = 0xFFFFFFFF
+_NO_CRC = b"\0\0\0\0"
 
 
 class Kind(IntEnum):
@@ -55,6 +57,11 @@ class Kind(IntEnum):
     INVOKE = 2
     CLOSE_SESSION = 3
     RESPONSE = 0x80  # OR-ed with the request's kind
+
+
+# Plain ints for the per-frame checks: arithmetic on IntEnum members costs more than on ints.
+_RESPONSE = int(Kind.RESPONSE)
+_REQUEST_KINDS = frozenset({int(Kind.OPEN_SESSION), int(Kind.INVOKE), int(Kind.CLOSE_SESSION)})
 
 
 class FrameError(ValueError):
@@ -106,7 +113,7 @@ class Frame:
 
     @property
     def is_response(self) -> bool:
-        return bool(self.kind & Kind.RESPONSE)
+        return bool(self.kind & _RESPONSE)
 
 
 @functools.lru_cache(maxsize=256)
@@ -161,25 +168,36 @@ def encode_body(types: int, params: tuple[Param, ...], response: bool) -> bytes:
 
 def encode(frame: Frame) -> bytes:
     """Serialize a frame; raises FrameError for anything decode() would refuse."""
-    if frame.kind & ~Kind.RESPONSE not in (Kind.OPEN_SESSION, Kind.INVOKE, Kind.CLOSE_SESSION) or frame.kind > 0xFF:
-        raise FrameMalformed(f"kind 0x{frame.kind:x} unknown")
-    if not frame.is_response and (frame.result or frame.origin):
+    kind, request_id, session, command = frame.kind, frame.request_id, frame.session, frame.command
+    result, origin = frame.result, frame.origin
+    if kind & ~_RESPONSE not in _REQUEST_KINDS or kind > 0xFF:
+        raise FrameMalformed(f"kind 0x{kind:x} unknown")
+    response = bool(kind & _RESPONSE)
+    if not response and (result or origin):
         raise FrameMalformed("request carries a result or origin")
-    for name in ("request_id", "session", "command", "result", "origin"):
-        if not 0 <= getattr(frame, name) <= 0xFFFFFFFF:
-            raise FrameMalformed(f"{name} {getattr(frame, name)} does not fit 32 bits")
-    body = encode_body(frame.types, frame.params, frame.is_response)
-    header = HEADER.pack(MAGIC, VERSION, frame.kind, 0, frame.request_id, frame.session, frame.command,
-                         frame.types, frame.result, frame.origin, len(body), 0)
+    if not (0 <= request_id <= _U32_MAX and 0 <= session <= _U32_MAX and 0 <= command <= _U32_MAX
+            and 0 <= result <= _U32_MAX and 0 <= origin <= _U32_MAX):
+        for name in ("request_id", "session", "command", "result", "origin"):
+            if not 0 <= getattr(frame, name) <= _U32_MAX:
+                raise FrameMalformed(f"{name} {getattr(frame, name)} does not fit 32 bits")
+    body = encode_body(frame.types, frame.params, response)
+    header = HEADER.pack(MAGIC, VERSION, kind, 0, request_id, session, command, frame.types, result, origin,
+                         len(body), 0)
     crc = zlib.crc32(body, zlib.crc32(header))
     return header[:-4] + _U32.pack(crc) + body
 
 
 def parse_header(header: bytes) -> int:
     """Check a 40-byte header's magic, version and limits; return body_len (before reading the body)."""
+    return _header(header)[10]
+
+
+def _header(header: bytes) -> tuple:
+    """The header's fields once parse_header's checks pass."""
     if len(header) < HEADER_SIZE:
         raise FrameTruncated(f"header: {len(header)} of {HEADER_SIZE} bytes")
-    magic, version, kind, reserved, *_rest, body_len, _crc = HEADER.unpack_from(header)
+    fields = HEADER.unpack_from(header)
+    magic, version, reserved, body_len = fields[0], fields[1], fields[3], fields[10]
     if magic != MAGIC:
         raise FrameCorrupt(f"header: bad magic 0x{magic:08x}")
     if version != VERSION:
@@ -188,24 +206,21 @@ def parse_header(header: bytes) -> int:
         raise FrameMalformed(f"header: reserved field 0x{reserved:04x} is not zero")
     if body_len > MAX_BODY:
         raise FrameTooLarge(f"header: body_len {body_len} exceeds {MAX_BODY}")
-    return body_len
+    return fields
 
 
 def decode(buf: bytes) -> Frame:
     """Decode exactly one frame occupying all of ``buf``; raises a FrameError subclass otherwise."""
-    body_len = parse_header(buf)
+    (_m, _v, kind, _r, request_id, session, command, types, result, origin, body_len, crc) = _header(buf)
     if len(buf) < HEADER_SIZE + body_len:
         raise FrameTruncated(f"body: {len(buf) - HEADER_SIZE} of {body_len} bytes")
     if len(buf) > HEADER_SIZE + body_len:
         raise FrameMalformed(f"{len(buf) - HEADER_SIZE - body_len} bytes after the body")
-    (_m, _v, kind, _r, request_id, session, command, types, result, origin, _l,
-     crc) = HEADER.unpack_from(buf)
-    if zlib.crc32(buf[HEADER_SIZE:], zlib.crc32(buf[:HEADER_SIZE - 4] + b"\0\0\0\0")) != crc:
+    if zlib.crc32(buf[HEADER_SIZE:], zlib.crc32(buf[:HEADER_SIZE - 4] + _NO_CRC)) != crc:
         raise FrameCorrupt(f"crc32 mismatch (request_id {request_id})")
-    base = kind & ~Kind.RESPONSE
-    if base not in (Kind.OPEN_SESSION, Kind.INVOKE, Kind.CLOSE_SESSION):
+    if kind & ~_RESPONSE not in _REQUEST_KINDS:
         raise FrameMalformed(f"kind 0x{kind:02x} unknown")
-    response = bool(kind & Kind.RESPONSE)
+    response = bool(kind & _RESPONSE)
     if not response and (result or origin):
         raise FrameMalformed("request carries a result or origin")
     layout = _layout(types, response)
@@ -273,6 +288,14 @@ class StreamSplitter:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[Union[bytes, FrameError]]:
+        if not self._buf and len(data) >= HEADER_SIZE:  # the usual case: exactly one whole frame arrived
+            try:
+                fields = _header(data)
+            except FrameError:
+                fields = None  # the general path below reports it and resynchronises
+            if (fields is not None and len(data) == HEADER_SIZE + fields[10]
+                    and zlib.crc32(data[HEADER_SIZE:], zlib.crc32(data[:HEADER_SIZE - 4] + _NO_CRC)) == fields[11]):
+                return [bytes(data)]
         self._buf += data
         out: list[Union[bytes, FrameError]] = []
         buf = self._buf
@@ -294,7 +317,7 @@ class StreamSplitter:
                 break
             raw = bytes(buf[:HEADER_SIZE + body_len])
             (crc,) = _U32.unpack_from(raw, HEADER_SIZE - 4)
-            if zlib.crc32(raw[HEADER_SIZE:], zlib.crc32(raw[:HEADER_SIZE - 4] + b"\0\0\0\0")) != crc:
+            if zlib.crc32(raw[HEADER_SIZE:], zlib.crc32(raw[:HEADER_SIZE - 4] + _NO_CRC)) != crc:
                 out.append(FrameCorrupt("crc32 mismatch"))
                 self._skip_to_next_magic()
                 continue
