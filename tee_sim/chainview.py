@@ -8,11 +8,11 @@ before a signature leaves the secure world and whenever the tail reaches MAX_TEN
 
 from __future__ import annotations
 
+import bisect
 import secrets
 
 from .abi import block as blk
 from .rpmb import CHECKPOINT_EVERY, CHECKPOINT_SLOTS, RING_SLOTS, Rpmb, Slot
-
 
 
 class ChainView:
@@ -89,10 +89,10 @@ class ChainView:
             h = low + int.from_bytes(draws[i:i + 8], "big") % span
             if h in self._known:
                 picked.add(h)
-        older = [h for h in self._checkpoints if h < low]
+        older = bisect.bisect_left(self._checkpoints, low)  # checkpoints below the ring (the list is sorted)
         if older and picked:
             picked.pop()
-            picked.add(older[int.from_bytes(draws[-8:], "big") % len(older)])
+            picked.add(self._checkpoints[int.from_bytes(draws[-8:], "big") % older])
         if not picked:
             picked.add(top)
         return blk.Challenge(secrets.token_bytes(blk.NONCE_SIZE), tuple(sorted(picked)))
