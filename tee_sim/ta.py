@@ -208,10 +208,9 @@ class SignerTA:
 
     def _invoke(self, conn: int, req: Frame, raw: bytes) -> bytes:
         s = self._session(conn, req.session)
-        try:
-            cmd = Cmd(req.command)
-        except ValueError:
-            raise TaError(TeecResult.NOT_SUPPORTED, detail=f"command 0x{req.command:x}") from None
+        cmd = _COMMANDS.get(req.command)
+        if cmd is None:
+            raise TaError(TeecResult.NOT_SUPPORTED, detail=f"command 0x{req.command:x}")
         if req.types != CMD_PARAMS[cmd]:
             raise TaError(TeecResult.BAD_PARAMETERS, detail=f"{cmd.name}: param types 0x{req.types:04x}")
         if self.storage_error and cmd != Cmd.STATUS:
@@ -448,12 +447,17 @@ class SignerTA:
         return json.dumps(st, sort_keys=True).encode()
 
 
+_COMMANDS = {int(c): c for c in Cmd}  # a dict lookup per request instead of the Enum constructor
+_COMMAND_NAMES = {int(c): c.name for c in Cmd}
+_KIND_NAMES = {int(k): k.name for k in Kind}
+
+
 def _timing_name(req: Frame) -> str | None:
     """A known command's or kind's name; None for anything else, so a caller cannot grow the table."""
     base = req.kind & ~Kind.RESPONSE
     if base == Kind.INVOKE:
-        return Cmd(req.command).name if req.command in Cmd._value2member_map_ else None
-    return Kind(base).name if base in Kind._value2member_map_ else None
+        return _COMMAND_NAMES.get(req.command)
+    return _KIND_NAMES.get(base)
 
 
 def _out(capacity, data: bytes) -> bytes:
