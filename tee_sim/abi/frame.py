@@ -187,6 +187,11 @@ def encode(frame: Frame) -> bytes:
     return header[:-4] + _U32.pack(crc) + body
 
 
+def _frame_crc(raw: bytes) -> int:
+    """CRC-32 of a whole encoded frame, its crc32 field counted as zero."""
+    return zlib.crc32(raw[HEADER_SIZE:], zlib.crc32(raw[:HEADER_SIZE - 4] + _NO_CRC))
+
+
 def parse_header(header: bytes) -> int:
     """Check a 40-byte header's magic, version and limits; return body_len (before reading the body)."""
     return _header(header)[10]
@@ -216,7 +221,7 @@ def decode(buf: bytes) -> Frame:
         raise FrameTruncated(f"body: {len(buf) - HEADER_SIZE} of {body_len} bytes")
     if len(buf) > HEADER_SIZE + body_len:
         raise FrameMalformed(f"{len(buf) - HEADER_SIZE - body_len} bytes after the body")
-    if zlib.crc32(buf[HEADER_SIZE:], zlib.crc32(buf[:HEADER_SIZE - 4] + _NO_CRC)) != crc:
+    if _frame_crc(buf) != crc:
         raise FrameCorrupt(f"crc32 mismatch (request_id {request_id})")
     if kind & ~_RESPONSE not in _REQUEST_KINDS:
         raise FrameMalformed(f"kind 0x{kind:02x} unknown")
@@ -293,8 +298,7 @@ class StreamSplitter:
                 fields = _header(data)
             except FrameError:
                 fields = None  # the general path below reports it and resynchronises
-            if (fields is not None and len(data) == HEADER_SIZE + fields[10]
-                    and zlib.crc32(data[HEADER_SIZE:], zlib.crc32(data[:HEADER_SIZE - 4] + _NO_CRC)) == fields[11]):
+            if fields is not None and len(data) == HEADER_SIZE + fields[10] and _frame_crc(data) == fields[11]:
                 return [bytes(data)]
         self._buf += data
         out: list[Union[bytes, FrameError]] = []
@@ -317,7 +321,7 @@ class StreamSplitter:
                 break
             raw = bytes(buf[:HEADER_SIZE + body_len])
             (crc,) = _U32.unpack_from(raw, HEADER_SIZE - 4)
-            if zlib.crc32(raw[HEADER_SIZE:], zlib.crc32(raw[:HEADER_SIZE - 4] + _NO_CRC)) != crc:
+            if _frame_crc(raw) != crc:
                 out.append(FrameCorrupt("crc32 mismatch"))
                 self._skip_to_next_magic()
                 continue
